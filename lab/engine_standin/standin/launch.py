@@ -1,0 +1,95 @@
+"""Command lines of the real engines -> a validated Config -> serve().
+
+Exit codes follow the real engines: 2 for a command line argparse refuses, 1 for a model
+the loader cannot use.
+"""
+import os
+import sys
+
+from . import flags, model
+from .server import Config, log, serve
+
+SECRET_DESTS = ("api_key", "admin_api_key")
+
+
+def _env_float(name, default):
+    return float(os.environ.get(name, default))
+
+
+def _parse(engine, argv, prog):
+    version = os.environ.get("STANDIN_ENGINE_VERSION") or flags.DEFAULT_VERSIONS[engine]
+    try:
+        entries = flags.load_dump(engine, version)
+    except FileNotFoundError:
+        log(f"[standin] no flag dump for {engine} {version} in {flags.flags_dir()}", sys.stderr)
+        raise SystemExit(1) from None
+    parser = flags.build_parser(entries, prog, positional_model="model_tag" if engine == "vllm" else None)
+    return version, parser, parser.parse_args(argv)
+
+
+def _config(engine, version, parser, args):
+    if engine == "vllm":
+        path = args.model_tag or args.model  # cli/serve.py: the positional wins
+        names = args.served_model_name or [path]
+        keys = args.api_key or [os.environ.get("VLLM_API_KEY")]  # --api-key takes precedence
+        host, override = args.host or "0.0.0.0", args.max_model_len
+        metrics_route, engine_metrics = True, not args.disable_log_stats
+    else:
+        if not args.model_path:
+            parser.error("the following arguments are required: --model-path/--model")
+        path = args.model_path
+        names = [args.served_model_name or path]
+        keys = [args.api_key]  # SGLang 0.5.23 reads the key from --api-key only (no env var)
+        host, override = args.host, args.context_length
+        metrics_route = engine_metrics = args.enable_metrics
+    try:
+        model_config = model.load_config(engine, path)
+    except model.ModelError as exc:
+        log(str(exc), sys.stderr)
+        raise SystemExit(1) from None
+    server_args = {k: ("<redacted>" if k in SECRET_DESTS and v else v) for k, v in vars(args).items()}
+    return Config(
+        engine=engine, version=version, model_path=path, served_names=names, host=host, port=args.port,
+        api_keys=[k for k in keys if k], metrics_route=metrics_route, engine_metrics=engine_metrics,
+        context_len=model.context_length(model_config, override), model_config=model_config,
+        server_args=server_args, load_s=_env_float("STANDIN_LOAD_SECONDS", 2),
+        warmup_s=_env_float("STANDIN_WARMUP_SECONDS", 1),
+        token_delay_s=_env_float("STANDIN_TOKEN_DELAY_MS", 10) / 1000.0)
+
+
+def run(engine, argv, prog):
+    version, parser, args = _parse(engine, argv, prog)
+    return serve(_config(engine, version, parser, args))
+
+
+def sglang_launch_server(argv=None):
+    """`python3 -m sglang.launch_server [flags]`"""
+    return run("sglang", sys.argv[1:] if argv is None else argv, "launch_server.py")
+
+
+def sglang_cli(argv=None):
+    """`sglang serve [model] [flags]` (sglang/cli/main.py + cli/serve.py) and `sglang version`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["version"]:
+        print(f"sglang version: {os.environ.get('STANDIN_ENGINE_VERSION') or flags.DEFAULT_VERSIONS['sglang']}")
+        return 0
+    if argv[:1] != ["serve"]:
+        log("usage: sglang {serve,generate,version} ...\nsglang: error: expected a subcommand", sys.stderr)
+        return 2
+    rest = argv[1:]
+    if rest and not rest[0].startswith("-"):  # cli/serve.py _normalize_positional_model_path
+        rest = ["--model-path", rest[0], *rest[1:]]
+    return run("sglang", rest, "sglang serve")
+
+
+def vllm_cli(argv=None):
+    """`vllm serve [model_tag] [flags]` and `vllm --version`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-v"]):
+        print(os.environ.get("STANDIN_ENGINE_VERSION") or flags.DEFAULT_VERSIONS["vllm"])
+        return 0
+    if argv[:1] != ["serve"]:
+        log("usage: vllm serve [model_tag] [options]\nvllm: error: the stand-in only implements 'serve'",
+            sys.stderr)
+        return 2
+    return run("vllm", argv[1:], "vllm serve")

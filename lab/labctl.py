@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Bring the offline lab fleet up or down: `labctl.py up|down|status`.
+
+Everything is built here from Debian's mirror and PyPI (no registry can be reached): a debootstrapped
+base image, the lab-host image, the engine stand-in image (a test double), an SSH key, a Docker network,
+one container per host, and the local Hugging Face server on the network's gateway address.
+`up` is idempotent: what already runs is left alone.
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+LAB_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(LAB_DIR)
+CACHE = os.environ.get("GPUFLEET_CACHE", os.path.join(REPO_ROOT, ".cache"))
+STATE = os.path.join(CACHE, "lab")
+SSH_KEY = os.path.join(STATE, "ssh", "id_ed25519")
+HF_STATE = os.path.join(STATE, "hf")
+IMAGES_DIR = os.path.join(STATE, "images")
+
+BASE_IMAGE = "gpufleet/debian-base:bookworm"
+HOST_IMAGE = "gpufleet/lab-host:bookworm"
+STANDIN_IMAGE = "gpufleet/engine-standin:0.1.0"
+STANDIN_ARCHIVE_IN_HOST = "/opt/gpufleet-lab/images/engine-standin.tar"
+CONTAINER_PREFIX = "gpufleet-lab-"
+HF_CLIENT_PIN = "huggingface_hub==2.4.0"
+
+# systemd as PID 1 and a nested dockerd, without --privileged (which fails on this machine kind).
+HOST_RUN_OPTIONS = [
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--cgroupns=host",
+]
+
+
+def log(msg):
+    print(f"[lab] {msg}", flush=True)
+
+
+def sh(*cmd, check=True, capture=True, **kw):
+    res = subprocess.run(list(cmd), check=False, text=True,
+                         stdout=subprocess.PIPE if capture else None,
+                         stderr=subprocess.PIPE if capture else None, **kw)
+    if check and res.returncode != 0:
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr or ''}")
+    return res
+
+
+def load_fleet():
+    with open(os.path.join(LAB_DIR, "fleet.yml")) as f:
+        fleet = yaml.safe_load(f)
+    return fleet
+
+
+# --- Docker engine ---------------------------------------------------------------------------------
+
+def ensure_docker():
+    if sh("docker", "info", check=False).returncode == 0:
+        return
+    if not shutil.which("dockerd"):
+        raise SystemExit("no Docker engine: install it (Debian: apt-get install docker.io) and re-run")
+    if os.geteuid() != 0:
+        raise SystemExit("the Docker daemon is not running and only root can start it here: "
+                         "start dockerd (or the docker service) and re-run")
+    os.makedirs(STATE, exist_ok=True)
+    log("starting dockerd (its socket was missing)")
+    with open(os.path.join(STATE, "dockerd.log"), "ab") as out:
+        subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
+    for _ in range(60):
+        if sh("docker", "info", check=False).returncode == 0:
+            return
+        time.sleep(1)
+    raise SystemExit(f"dockerd did not come up; see {STATE}/dockerd.log")
+
+
+# --- Images ----------------------------------------------------------------------------------------
+
+def tree_hash(*paths):
+    """Hash of files under the given paths: an image is rebuilt only when its inputs changed."""
+    digest = hashlib.sha256()
+    for root in paths:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def image_label(image):
+    res = sh("docker", "image", "inspect", "-f", '{{index .Config.Labels "gpufleet.inputs"}}', image, check=False)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def build_image(image, context, inputs_hash):
+    if image_label(image) == inputs_hash:
+        return False
+    log(f"building {image}")
+    sh("docker", "build", "-q", "--label", f"gpufleet.inputs={inputs_hash}", "-t", image, context)
+    return True
+
+
+def host_wheels():
+    """Wheels of the Hugging Face client for the lab hosts, downloaded on the controller (which
+    trusts this site's TLS chain; the containers do not)."""
+    wheels = os.path.join(CACHE, "wheels")
+    stamp = os.path.join(wheels, ".pin")
+    if not (os.path.exists(stamp) and open(stamp).read() == HF_CLIENT_PIN):
+        os.makedirs(wheels, exist_ok=True)
+        sh(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", wheels, HF_CLIENT_PIN)
+        with open(stamp, "w") as f:
+            f.write(HF_CLIENT_PIN)
+    return wheels
+
+
+def build_images():
+    sh(os.path.join(LAB_DIR, "images", "build-base.sh"), capture=False)
+    base_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).stdout.strip()
+
+    host_dir = os.path.join(LAB_DIR, "images", "lab-host")
+    wheels = host_wheels()
+    ctx = os.path.join(STATE, "build-lab-host")
+    shutil.rmtree(ctx, ignore_errors=True)
+    shutil.copytree(host_dir, ctx)
+    shutil.copytree(wheels, os.path.join(ctx, "wheels"))
+    build_image(HOST_IMAGE, ctx, base_id[:19] + tree_hash(host_dir) + HF_CLIENT_PIN)
+
+    standin_dir = os.path.join(LAB_DIR, "engine_standin")
+    ctx = os.path.join(STATE, "build-engine-standin")
+    shutil.rmtree(ctx, ignore_errors=True)
+    shutil.copytree(standin_dir, ctx)
+    shutil.copytree(os.path.join(REPO_ROOT, "data", "engine_flags"), os.path.join(ctx, "engine_flags"))
+    inputs = base_id[:19] + tree_hash(standin_dir, os.path.join(REPO_ROOT, "data", "engine_flags"))
+    build_image(STANDIN_IMAGE, ctx, inputs)
+
+    # The hosts load the stand-in from an archive, as an air-gapped site loads a real engine image.
+    os.makedirs(IMAGES_DIR, exist_ok=True)
+    archive = os.path.join(IMAGES_DIR, "engine-standin.tar")
+    stamp = archive + ".inputs"
+    if not (os.path.exists(archive) and os.path.exists(stamp) and open(stamp).read() == inputs):
+        sh("docker", "save", "-o", archive + ".tmp", STANDIN_IMAGE)
+        os.replace(archive + ".tmp", archive)
+        with open(stamp, "w") as f:
+            f.write(inputs)
+    return archive
+
+
+# --- Hosts -----------------------------------------------------------------------------------------
+
+def ensure_ssh_key():
+    if not os.path.exists(SSH_KEY):
+        os.makedirs(os.path.dirname(SSH_KEY), mode=0o700, exist_ok=True)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpufleet-lab", "-f", SSH_KEY)
+    with open(SSH_KEY + ".pub") as f:
+        return f.read()
+
+
+def ensure_network(net):
+    if sh("docker", "network", "inspect", net["name"], check=False).returncode != 0:
+        log(f"creating network {net['name']} {net['subnet']}")
+        sh("docker", "network", "create", "--subnet", net["subnet"], "--gateway", net["gateway"], net["name"])
+
+
+def container_state(name):
+    res = sh("docker", "inspect", "-f", "{{.State.Status}}", name, check=False)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def start_host(name, spec, net):
+    cname = CONTAINER_PREFIX + name
+    state = container_state(cname)
+    if state == "running":
+        return False
+    if state is not None:
+        sh("docker", "start", cname)
+        return True
+    log(f"starting host {name} ({spec['gpu']}, {spec['ip']})")
+    sh("docker", "run", "-d", "--name", cname, "--hostname", name,
+       "--network", net["name"], "--ip", spec["ip"],
+       "--label", "gpufleet.lab=1",
+       "-v", f"{cname}-docker:/var/lib/docker", *HOST_RUN_OPTIONS, HOST_IMAGE)
+    return True
+
+
+def dexec(cname, script, check=True):
+    return sh("docker", "exec", cname, "bash", "-c", script, check=check)
+
+
+def wait_running(cname, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        res = dexec(cname, "systemctl is-system-running 2>/dev/null; systemctl is-active ssh docker", check=False)
+        lines = res.stdout.split()
+        if lines[:1] and lines[0] in ("running", "degraded") and lines[1:] == ["active", "active"]:
+            return
+        time.sleep(1)
+    raise SystemExit(f"{cname}: systemd/sshd/docker did not come up in {timeout}s:\n{res.stdout}")
+
+
+def copy_if_changed(src, cname, dest, mode="0644"):
+    """docker cp only when the content differs, so a re-run of `up` is cheap."""
+    want = hashlib.sha256(open(src, "rb").read()).hexdigest()
+    have = dexec(cname, f"sha256sum {dest} 2>/dev/null | cut -d' ' -f1", check=False).stdout.strip()
+    if have != want:
+        dexec(cname, f"mkdir -p {os.path.dirname(dest)}")
+        sh("docker", "cp", src, f"{cname}:{dest}")
+        dexec(cname, f"chmod {mode} {dest}")
+
+
+def provision_host(name, spec, pubkey, archive):
+    """What a real host would already have: our key, a GPU (here simulated), and the engine image archive."""
+    cname = CONTAINER_PREFIX + name
+    wait_running(cname)
+    dexec(cname, f"grep -qxF '{pubkey.strip()}' /root/.ssh/authorized_keys 2>/dev/null || "
+                 f"echo '{pubkey.strip()}' >> /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys")
+    # The GPU captures and the fake nvidia-smi are copied, not bind-mounted, so a test can take the GPU
+    # away (rm /usr/bin/nvidia-smi) the way a host without a driver looks.
+    gpus_tar = os.path.join(STATE, "gpus.tar")
+    sh("tar", "-C", os.path.join(LAB_DIR, "gpus"), "-cf", gpus_tar, ".")
+    copy_if_changed(gpus_tar, cname, "/usr/share/gpufleet-lab/gpus.tar")
+    dexec(cname, "mkdir -p /usr/share/gpufleet-lab/gpus && tar -C /usr/share/gpufleet-lab/gpus -xf /usr/share/gpufleet-lab/gpus.tar")
+    copy_if_changed(os.path.join(LAB_DIR, "fake-nvidia-smi", "nvidia-smi"), cname, "/usr/bin/nvidia-smi", "0755")
+    dexec(cname, f"mkdir -p /etc/gpufleet-lab && echo {spec['gpu']} > /etc/gpufleet-lab/gpu")
+    copy_if_changed(archive, cname, STANDIN_ARCHIVE_IN_HOST)
+
+
+def wait_ssh(ip, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((ip, 22), timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"no SSH on {ip}:22 after {timeout}s")
+
+
+# --- Local Hugging Face server -----------------------------------------------------------------------
+
+def hf_server_running(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_hf_server(net, port):
+    host = net["gateway"]
+    os.makedirs(HF_STATE, exist_ok=True)
+    sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", HF_STATE, capture=False)
+    if hf_server_running(host, port):
+        return
+    log(f"starting the local Hugging Face server on {host}:{port}")
+    with open(os.path.join(HF_STATE, "server.log"), "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(LAB_DIR, "hf", "serve.py"), "--root", HF_STATE,
+             "--host", host, "--port", str(port), "--access-log", os.path.join(HF_STATE, "access.log"),
+             "--gated-token-file", os.path.join(HF_STATE, "gated-token")],
+            stdout=out, stderr=out, start_new_session=True)
+    with open(os.path.join(HF_STATE, "server.pid"), "w") as f:
+        f.write(str(proc.pid))
+    for _ in range(50):
+        if hf_server_running(host, port):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the Hugging Face server did not start; see {HF_STATE}/server.log")
+
+
+def stop_hf_server():
+    pidfile = os.path.join(HF_STATE, "server.pid")
+    if os.path.exists(pidfile):
+        try:
+            os.kill(int(open(pidfile).read()), 15)
+        except (ProcessLookupError, ValueError):
+            pass
+        os.remove(pidfile)
+
+
+# --- Commands --------------------------------------------------------------------------------------
+
+def cmd_up(args):
+    started = time.time()
+    fleet = load_fleet()
+    ensure_docker()
+    archive = build_images()
+    pubkey = ensure_ssh_key()
+    net = fleet["network"]
+    ensure_network(net)
+    hosts = fleet["hosts"]
+    for name, spec in hosts.items():
+        start_host(name, spec, net)
+    for name, spec in hosts.items():
+        provision_host(name, spec, pubkey, archive)
+    for spec in hosts.values():
+        wait_ssh(spec["ip"])
+    ensure_hf_server(net, fleet["hf_server"]["port"])
+    log(f"lab is up: {len(hosts)} hosts, HF server http://{net['gateway']}:{fleet['hf_server']['port']} "
+        f"({time.time() - started:.0f}s)")
+
+
+def cmd_down(args):
+    fleet = load_fleet()
+    stop_hf_server()
+    names = sh("docker", "ps", "-aq", "--filter", "label=gpufleet.lab=1", check=False).stdout.split()
+    if names:
+        sh("docker", "rm", "-f", *names)
+    vols = sh("docker", "volume", "ls", "-q", "--filter", f"name={CONTAINER_PREFIX}", check=False).stdout.split()
+    if vols:
+        sh("docker", "volume", "rm", "-f", *vols)
+    sh("docker", "network", "rm", fleet["network"]["name"], check=False)
+    log("lab is down (images and caches kept)")
+
+
+def cmd_status(args):
+    fleet = load_fleet()
+    for name in fleet["hosts"]:
+        print(f"{name:14} {container_state(CONTAINER_PREFIX + name) or 'absent'}")
+    port = fleet["hf_server"]["port"]
+    print(f"{'hf-server':14} {'running' if hf_server_running(fleet['network']['gateway'], port) else 'stopped'}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

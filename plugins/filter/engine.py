@@ -1,0 +1,37 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache-2.0 (see galaxy.yml)
+"""Filters engine_plan, launch_args and model_fit (documentation in the sidecar .yml files)."""
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError, load_knowledge
+
+
+def engine_plan(gpu_facts, engine=None, model=None, preset="balanced", overrides=None, engine_version=None,
+                host=None, image=None, api_key=False, knowledge_path=None):
+    """The launch plan (docs/CONTRACTS.md); any planning error becomes one AnsibleFilterError."""
+    try:
+        knowledge = load_knowledge(knowledge_path) if knowledge_path else None
+        return build_plan(gpu_facts, engine, model, preset=preset, overrides=overrides,
+                          engine_version=engine_version, knowledge=knowledge, host=host, image=image,
+                          api_key=api_key)
+    except (PlanError, KnowledgeError) as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def launch_args(gpu_facts, **kwargs):
+    """Only the command line (entrypoint + arguments) of engine_plan."""
+    return engine_plan(gpu_facts, **kwargs)["argv"]
+
+
+def model_fit(gpu_facts, **kwargs):
+    """Only the fit section of engine_plan: weights per GPU, KV bytes per token, chosen context."""
+    return engine_plan(gpu_facts, **kwargs)["fit"]
+
+
+class FilterModule:
+    def filters(self):
+        return {"engine_plan": engine_plan, "launch_args": launch_args, "model_fit": model_fit}

@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+"""Talk to an SGLang or vLLM server over HTTP: readiness, served models, version, a streamed smoke test.
+
+Plain Python (stdlib urllib) with no Ansible import, so the engine_health module and the tests
+share it. What "ready" means per engine (SGLang 0.5.23 http_server.py, vLLM 0.33.0
+serve/instrumentator/health.py):
+
+* Both engines load the model before their HTTP server listens: connection refused = loading.
+* SGLang /health answers 503 while the warmup request runs (and when a 1-token generation
+  does not come back within 20 s), then 200.
+* vLLM /health answers 200, or 503 only on EngineDeadError: that is final, not a warm-up.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import re
+import time
+
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+ENGINES = ("sglang", "vllm")
+REDACTED = "********"
+# Secrets as engines may print them: SGLang logs its ServerArgs (api_key='...'), a launch line
+# has --api-key X, a client may log an Authorization header.
+_SECRET_PATTERNS = (
+    re.compile(r"""(api[_-]?key['"]?\s*[=:]\s*['"]?)[^'",\s)]+""", re.IGNORECASE),
+    re.compile(r"(--(?:admin-)?api-key[=\s]+)\S+"),
+    re.compile(r"(Bearer\s+)\S+", re.IGNORECASE),
+)
+
+
+class EngineHttpError(Exception):
+    """An engine answered with an error status; ``str()`` names the status and the engine's message."""
+
+    def __init__(self, path, status, message):
+        super(EngineHttpError, self).__init__("%s answered HTTP %s: %s" % (path, status, message))
+        self.path, self.status, self.message = path, status, message
+
+
+def redact(text, secrets=()):
+    """Mask the given secrets and anything that looks like an API key or bearer token."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+def error_message(body):
+    """The human part of an engine error body (vLLM {"error": {...}}, SGLang flat, FastAPI {"detail"})."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300] if isinstance(body, bytes) else str(body)[:300]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message"))
+        for key in ("error", "message", "detail"):
+            if data.get(key):
+                return str(data[key])
+    return json.dumps(data)[:300]
+
+
+def _request(base_url, path, api_key=None, payload=None, timeout=10.0):
+    headers = {"Accept": "application/json"}
+    data = None
+    if api_key:
+        headers["Authorization"] = "Bearer " + api_key
+    if payload is not None:
+        data = json.dumps(payload).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    return urlopen(Request(base_url.rstrip("/") + path, data=data, headers=headers), timeout=timeout)
+
+
+def get(base_url, path, api_key=None, timeout=10.0):
+    """Return (status, body bytes). HTTP errors are statuses; connection problems raise OSError."""
+    try:
+        with _request(base_url, path, api_key, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def probe_health(base_url, engine, timeout=30.0):
+    """One readiness probe: ("ready" | "waiting" | "dead", human description)."""
+    try:
+        status, _ = get(base_url, "/health", timeout=timeout)
+    except (URLError, OSError) as exc:  # refused, reset, timed out: still loading (or not started)
+        reason = getattr(exc, "reason", exc)
+        return "waiting", "GET /health: no answer (%s)" % reason
+    if status == 200:
+        return "ready", "GET /health: 200"
+    if status == 503 and engine == "sglang":
+        return "waiting", "GET /health: 503 (SGLang is starting or warming up)"
+    if status == 503:
+        return "dead", "GET /health: 503 (vLLM reports its engine dead)"
+    return "waiting", "GET /health: unexpected HTTP %s (is this the %s port?)" % (status, engine)
+
+
+def wait_ready(base_url, engine, timeout, interval, stop_check=None, clock=time.monotonic, sleep=time.sleep):
+    """Probe until ready, dead, `stop_check()` returns a reason, or `timeout` seconds pass.
+
+    Returns (ready, elapsed seconds, last probe description, stop reason or None).
+    """
+    start = clock()
+    while True:
+        remaining = timeout - (clock() - start)
+        state, seen = probe_health(base_url, engine, timeout=max(1.0, min(30.0, remaining)))
+        elapsed = clock() - start
+        if state == "ready":
+            return True, elapsed, seen, None
+        if state == "dead":
+            return False, elapsed, seen, seen
+        stop = stop_check() if stop_check else None
+        if stop:
+            return False, elapsed, seen, stop
+        if elapsed >= timeout:
+            return False, elapsed, seen, None
+        sleep(max(0.0, min(interval, timeout - elapsed)))
+
+
+def list_models(base_url, api_key=None, timeout=10.0):
+    """Model ids of GET /v1/models; raises EngineHttpError (e.g. 401 for a wrong key)."""
+    status, body = get(base_url, "/v1/models", api_key, timeout)
+    if status != 200:
+        raise EngineHttpError("/v1/models", status, error_message(body))
+    return [card["id"] for card in json.loads(body).get("data", [])]
+
+
+def engine_version(base_url, engine, api_key=None, timeout=10.0):
+    """SGLang has no /version: its version is in /server_info. vLLM serves /version. None if unknown."""
+    path = "/server_info" if engine == "sglang" else "/version"
+    try:
+        status, body = get(base_url, path, api_key, timeout)
+        return json.loads(body).get("version") if status == 200 else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def smoke_chat(base_url, model, prompt, max_tokens, api_key=None, timeout=60.0, clock=time.monotonic):
+    """Stream one chat completion; measure time to first token and decode speed.
+
+    Returns {"ttft_ms", "tokens_per_s", "completion_tokens", "text"}. tokens_per_s is the decode
+    rate after the first token ((n - 1) / (t_last - t_first)); None when fewer than 2 tokens came.
+    """
+    payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+               "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    sent = clock()
+    try:
+        resp = _request(base_url, "/v1/chat/completions", api_key, payload, timeout)
+    except HTTPError as exc:
+        raise EngineHttpError("/v1/chat/completions", exc.code, error_message(exc.read()))
+    first = last = None
+    chunks, usage_tokens, text = 0, None, []
+    with resp:
+        for raw in resp:
+            line = raw.decode("utf-8").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[len("data:"):].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if "error" in chunk:  # both engines report mid-stream failures as a data event
+                raise EngineHttpError("/v1/chat/completions", "stream", error_message(data))
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    last = clock()
+                    first = first or last
+                    chunks += 1
+                    text.append(content)
+    tokens = usage_tokens if usage_tokens is not None else chunks
+    if first is None:
+        return {"ttft_ms": None, "tokens_per_s": None, "completion_tokens": tokens, "text": ""}
+    rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
+    return {"ttft_ms": round((first - sent) * 1000.0, 1), "tokens_per_s": round(rate, 1) if rate else None,
+            "completion_tokens": tokens, "text": "".join(text)}

@@ -1,0 +1,603 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache-2.0 (see galaxy.yml)
+"""Turn GPU facts + engine + model + preset + overrides into a launch plan (docs/CONTRACTS.md).
+
+Pure Python: every fact comes from the knowledge table and the engine's flag dump, every choice
+is explained in docs/planning.md. Any input that cannot be planned raises PlanError with one
+message naming what to fix.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
+from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
+    arch_key, driver_branch, engine_versions, load_knowledge, max_cuda_for_driver, min_driver_for_cuda,
+    runs_kernels, version_tuple)
+from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import (
+    DTYPE_BYTES, GIB, KV_BYTES, MIB, PlanError, estimate_weights, fit, fp8_weights, model_dims, parse_context)
+
+__all__ = ["PlanError", "build_plan", "plan_hash"]
+
+DEFAULT_PRESET = "balanced"
+ENGINE_NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
+# Settings only the planner writes: the model comes from model.path, the API key never goes on argv.
+OWNED = ("model", "api_key", "config_file")
+# The semantic settings an override may pin; the planner validates them against the GPU.
+SEMANTIC = ("host", "port", "served_name", "tp", "dtype", "quantization", "kv_cache_dtype", "attention",
+            "memory_fraction", "context_length", "max_running_requests", "attention_config")
+
+
+def plan_hash(plan):
+    """sha256 of the canonical JSON of the plan without warnings (and without the hash itself)."""
+    body = {k: v for k, v in plan.items() if k not in ("warnings", "plan_hash")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def _gpu(facts, host):
+    if not isinstance(facts, dict):
+        raise PlanError("%s: gpu_facts must be the gpufleet_gpu fact dict (run gpufleet.serving.gpu_facts)" % host)
+    if facts.get("state") != "healthy":
+        raise PlanError("%s: GPU facts state is %r (%s): fix the NVIDIA driver/GPU before planning"
+                        % (host, facts.get("state"), facts.get("message") or "no message"))
+    gpus = facts.get("gpus") or []
+    if not gpus or not facts.get("compute_capability"):
+        raise PlanError("%s: GPU facts list no GPU with a compute_capability: re-gather gpufleet_gpu facts" % host)
+    memory = facts.get("memory_min_mib") or min(g["memory_mib"] for g in gpus)
+    return {
+        "cc": str(facts["compute_capability"]),
+        "count": int(facts.get("count") or len(gpus)),
+        "memory_mib": int(memory),
+        "name": gpus[0].get("name", "GPU"),
+        "indices": [g.get("index", i) for i, g in enumerate(gpus)],
+        "driver": facts.get("driver_version"),
+        "cuda": facts.get("cuda_version"),
+        "kernel_module": facts.get("kernel_module"),
+        "homogeneous": facts.get("homogeneous", True),
+    }
+
+
+def _engine(kn, engine, version, host):
+    if engine not in kn["engines"]:
+        raise PlanError("%s: engine %r is unknown: choose one of %s" % (host, engine, ", ".join(sorted(kn["engines"]))))
+    version = str(version or kn["default_versions"][engine])
+    if version not in kn["engines"][engine]:
+        raise PlanError("%s: engine_version %r of %s is not in knowledge table %s: choose one of %s"
+                        % (host, version, engine, kn["table_version"], ", ".join(engine_versions(kn, engine))))
+    return version, kn["engines"][engine][version]
+
+
+def _arch(kn, gpu, host, warnings):
+    key = arch_key(kn, gpu["cc"])
+    if key is None:
+        raise PlanError("%s: %s has compute capability %s, which knowledge table %s does not list: add it to "
+                        "data/knowledge.yml" % (host, gpu["name"], gpu["cc"], kn["table_version"]))
+    arch = kn["archs"][key]
+    if not arch["supported"]:
+        raise PlanError("%s: %s (CC %s, %s) is not supported: %s" % (host, gpu["name"], gpu["cc"],
+                                                                   arch["architecture"], arch["reason"]))
+    if key != gpu["cc"]:
+        warnings.append("%s: CC %s is planned with the CC %s entry of the knowledge table" % (host, gpu["cc"], key))
+    return arch
+
+
+def _alternatives(kn, gpu, usable):
+    """'engine X.Y' strings of table entries whose kernels run on the GPU and pass `usable`."""
+    return ["engine=%s engine_version=%s" % (e, v) for e in sorted(kn["engines"]) for v in engine_versions(kn, e)
+            if runs_kernels(kn["engines"][e][v]["kernel_cubins"], gpu["cc"]) and usable(kn["engines"][e][v])]
+
+
+def _check_kernels(kn, engine, version, ev, arch, gpu, where):
+    if runs_kernels(ev["kernel_cubins"], gpu["cc"]):
+        return
+    others = _alternatives(kn, gpu, lambda entry: True)
+    raise PlanError("%s: %s %s cannot run on CC %s (%s): %s ships no sm_%s code. Fix: %s"
+                    % (where, ENGINE_NAMES.get(engine, engine), version, gpu["cc"], arch["architecture"],
+                       ev["kernel_package"], gpu["cc"].replace(".", ""),
+                       "set " + " or ".join(others) if others else "use a GPU of CC 8.0 or newer"))
+
+
+def _check_driver(kn, engine, version, ev, arch, gpu, image, where, warnings):
+    name = "%s %s" % (ENGINE_NAMES.get(engine, engine), version)
+    if arch["cuda_min"] and version_tuple(ev["cuda"]) < version_tuple(arch["cuda_min"]):
+        raise PlanError("%s: %s needs an image built with CUDA >= %s; %s (%s) has CUDA %s: pick a newer engine_version"
+                        % (where, arch["architecture"], arch["cuda_min"], image, name, ev["cuda"]))
+    need = min_driver_for_cuda(kn, ev["cuda"])
+    driver, fix = gpu["driver"], None
+    if driver:
+        if version_tuple(driver) < version_tuple(need):
+            fix = "host driver %s supports CUDA %s" % (driver, max_cuda_for_driver(kn, driver) or "< 12.6")
+        elif int(driver_branch(driver)) < int(arch["driver"]["min_branch"]):
+            raise PlanError("%s: %s needs NVIDIA driver branch R%s or newer; the host has %s: upgrade to R%s"
+                            % (where, arch["architecture"], arch["driver"]["min_branch"], driver,
+                               arch["driver"]["default_branch"]))
+    elif gpu["cuda"] and version_tuple(gpu["cuda"]) < version_tuple(ev["cuda"]):
+        fix = "host driver supports CUDA %s" % gpu["cuda"]
+    if fix:
+        def fits(entry):
+            return driver and version_tuple(min_driver_for_cuda(kn, entry["cuda"])) <= version_tuple(driver)
+        others = _alternatives(kn, gpu, fits)
+        raise PlanError("%s: image %s needs CUDA %s but the %s. Fix: upgrade the NVIDIA driver to >= %s (R%s)%s"
+                        % (where, image, ev["cuda"], fix, need, driver_branch(need),
+                           " or set " + " or ".join(others) if others else ""))
+    if arch["driver"]["open_kernel_module"] == "required":
+        if gpu["kernel_module"] == "proprietary":
+            raise PlanError("%s: %s GPUs need the open NVIDIA kernel modules; the host runs the proprietary ones: "
+                            "install the open flavour of driver R%s" % (where, arch["architecture"],
+                                                                        arch["driver"]["default_branch"]))
+        if gpu["kernel_module"] is None:
+            warnings.append("%s: could not tell the kernel module flavour; %s needs the open modules"
+                            % (where, arch["architecture"]))
+    branch = kn["driver_branches"].get(driver_branch(driver)) if driver else None
+    if branch and branch["eol"] < kn["date"][:7]:
+        warnings.append("%s: driver branch R%s reached end of life in %s: move to R%s"
+                        % (where, driver_branch(driver), branch["eol"], arch["driver"]["default_branch"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides: engine flags by their full names
+# --------------------------------------------------------------------------------------------
+class _Flags:
+    """The flag dump of one engine version, with lookups by any spelling."""
+
+    def __init__(self, kn, engine, version, ev):
+        path = "%s/%s" % (kn.get("flag_dump_dir") or flag_dump.default_dump_dir(), ev["flag_dump"])
+        self.entries = flag_dump.load_dump(path)
+        self.index = flag_dump.index_dump(self.entries)
+        self.parser = flag_dump.build_parser_from_dump(
+            self.entries, prog="%s %s" % (engine, version), positionals=flag_dump.SUBCOMMAND_POSITIONALS.get(engine, ()))
+        self.label = "%s %s" % (ENGINE_NAMES.get(engine, engine), version)
+
+    def canonical(self, flag):
+        return self.index[flag]["flags"][0]
+
+    def choices(self, flag):
+        return [c for c in self.index[flag]["choices"] or () if c is not None]
+
+
+def _override_value(flags, name, value):
+    """Check one override value against its dump entry; return it as the planner stores it."""
+    entry = flags.index[name]
+    kind = flag_dump.flag_kind(entry)
+    if kind in ("switch", "paired"):
+        if value is not None and not isinstance(value, bool):
+            raise PlanError("override %s takes true/false, not %r" % (name, value))
+        if kind == "paired" and value is not None and name in flag_dump.negative_spellings(entry["flags"]):
+            return not value
+        return value
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if len(values) > 1 and entry["nargs"] not in ("+", "*"):
+        raise PlanError("override %s takes one value, not a list" % name)
+    choices = flags.choices(name)
+    for item in values:
+        if isinstance(item, (bool, list)):
+            raise PlanError("override %s takes a value, not %r" % (name, item))
+        if choices and str(item) not in [str(c) for c in choices]:
+            raise PlanError("override %s: %r is not a valid choice for %s: choose one of %s"
+                            % (name, item, flags.label, ", ".join(str(c) for c in choices)))
+    return value
+
+
+def _overrides(overrides, flags, ev):
+    """{canonical flag: value} after checking names and values against the dump and the table."""
+    if overrides is None:
+        return {}, []
+    if not isinstance(overrides, dict):
+        raise PlanError("overrides must be a mapping of full flag names to values, e.g. {'--mem-fraction-static': 0.8}")
+    owned = {ev["flags"].get(k) for k in OWNED} - {None}
+    result, warnings = {}, []
+    for key, value in overrides.items():
+        name = key if str(key).startswith("-") else "--" + str(key)
+        if name not in flags.index:
+            removed = ev["removed_flags"].get(name)
+            if removed:
+                raise PlanError("override %s: %s has no such flag (gone since %s); use %s"
+                                % (name, flags.label, removed["since"], removed["replacement"]))
+            close = difflib.get_close_matches(name, flags.index, n=1)
+            raise PlanError("override %s: %s has no flag %s (full flag names only)%s"
+                            % (name, flags.label, name, "; did you mean %s?" % close[0] if close else ""))
+        canonical = flags.canonical(name)
+        if canonical in owned:
+            raise PlanError("override %s is set by the planner: %s" % (name, (
+                "give the model as model.path" if canonical == ev["flags"].get("model")
+                else "pass api_key=true; the key is delivered by %s, never on the command line" % ev["api_key"]["via"])))
+        if name in ev["deprecated_flags"]:
+            warnings.append("override %s is deprecated in %s: use %s" % (name, flags.label, ev["deprecated_flags"][name]))
+        result[canonical] = _override_value(flags, name, value)
+    return result, warnings
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+# --------------------------------------------------------------------------------------------
+def _tp_ok(dims, tp):
+    kv = dims["num_kv_heads"]
+    return dims["num_attention_heads"] % tp == 0 and (kv % tp == 0 if kv >= tp else tp % kv == 0)
+
+
+def _choose_tp(dims, gpu, pinned, flag, where):
+    rule = "%d attention heads, %d KV heads" % (dims["num_attention_heads"], dims["num_kv_heads"])
+    if pinned is not None:
+        tp = _number(pinned, flag, where)
+        if tp < 1 or tp > gpu["count"]:
+            raise PlanError("%s: tensor parallel size %d needs %d GPUs; the host has %d: lower it"
+                            % (where, tp, tp, gpu["count"]))
+        if not _tp_ok(dims, tp):
+            good = [n for n in range(1, gpu["count"] + 1) if _tp_ok(dims, n)]
+            raise PlanError("%s: tensor parallel size %d does not divide the model (%s): use one of %s"
+                            % (where, tp, rule, ", ".join(map(str, good))))
+        return tp
+    return max(n for n in range(1, gpu["count"] + 1) if gpu["count"] % n == 0 and _tp_ok(dims, n))
+
+
+def _choose_dtype(arch, dims, pinned, where, warnings):
+    if pinned is not None:
+        if pinned == "bfloat16" and not arch["bf16"]:
+            raise PlanError("%s: --dtype bfloat16 needs CC >= 8.0; %s has no bf16: use float16"
+                            % (where, arch["architecture"]))
+        return pinned
+    if not arch["bf16"]:
+        if dims["dtype"] == "bfloat16":
+            warnings.append("%s: checkpoint is bfloat16 but %s has no bf16: serving in float16"
+                            % (where, arch["architecture"]))
+        return "float16"
+    return dims["dtype"] if dims["dtype"] in ("bfloat16", "float16") else "bfloat16"
+
+
+def _no_fp8(arch, gpu, what, where):
+    return PlanError("%s: %s needs native FP8 (CC >= 8.9); %s is CC %s (%s): use preset balanced or an FP8 GPU"
+                     % (where, what, gpu["name"], gpu["cc"], arch["architecture"]))
+
+
+def _choose_quantization(arch, ae, dims, preset, pinned, gpu, where, warnings):
+    """(--quantization value or None, True when weights get quantized to FP8 online)."""
+    label = "%s (CC %s)" % (arch["architecture"], gpu["cc"])
+    checkpoint = dims["quant_method"]
+    if pinned is not None:
+        if pinned not in ae["quantization"]:
+            raise PlanError("%s: quantization %r is not usable on %s: choose one of %s"
+                            % (where, pinned, label, ", ".join(ae["quantization"])))
+        return pinned, pinned == "fp8" and not checkpoint
+    if checkpoint:
+        if checkpoint not in ae["quantization"]:
+            raise PlanError("%s: the checkpoint is quantized with %r, which does not run on %s: use a checkpoint "
+                            "quantized with one of %s" % (where, checkpoint, label, ", ".join(ae["quantization"])))
+        if preset["weights"] == "fp8" and checkpoint != "fp8":
+            raise PlanError("%s: preset fp8 needs an unquantized or FP8 checkpoint; this one is %s: use preset balanced"
+                            % (where, checkpoint))
+        return None, False
+    if preset["weights"] == "fp8" and not arch["fp8_native"]:
+        raise _no_fp8(arch, gpu, "preset fp8", where)
+    if preset["weights"] != "checkpoint" and arch["fp8_native"]:
+        return "fp8", True
+    if preset["weights"] == "fp8_if_native":
+        warnings.append("%s: no native FP8 on %s: weights stay %s; for 4-bit weights use an AWQ/GPTQ checkpoint"
+                        % (where, label, dims["dtype"]))
+    return None, False
+
+
+def _choose_kv_cache(arch, ae, ev, preset, pinned, gpu, where):
+    if pinned is not None:
+        if pinned not in ae["kv_cache_dtypes"]:
+            raise PlanError("%s: KV cache dtype %r is not usable on CC %s (%s): choose one of %s"
+                            % (where, pinned, gpu["cc"], arch["architecture"], ", ".join(ae["kv_cache_dtypes"])))
+        return pinned
+    if preset["kv_cache"] == "fp8" and not arch["fp8_kv_cache"]:
+        raise _no_fp8(arch, gpu, "an FP8 KV cache", where)
+    return ev["fp8_kv_cache_dtype"] if preset["kv_cache"] != "auto" and arch["fp8_kv_cache"] else "auto"
+
+
+def _attention_takes(ae, backend, kv_dtype):
+    if KV_BYTES.get(kv_dtype, 2) >= 2 or kv_dtype == "auto":
+        return True
+    # fa3 + fp8_e5m2 silently falls back to triton in SGLang.
+    return backend in ae["fp8_kv_backends"] and not (backend == "fa3" and kv_dtype == "fp8_e5m2")
+
+
+def _choose_attention(engine, arch, ae, kv_dtype, pinned, gpu, where):
+    if pinned is not None:
+        backend = pinned.upper() if engine == "vllm" else pinned   # vLLM names are case-insensitive
+        if backend not in ae["attention_backends"]:
+            raise PlanError("%s: attention backend %r is not available to %s on CC %s (%s): choose one of %s"
+                            % (where, pinned, ENGINE_NAMES[engine], gpu["cc"], arch["architecture"],
+                               ", ".join(ae["attention_backends"])))
+        if not _attention_takes(ae, backend, kv_dtype):
+            raise PlanError("%s: attention backend %s cannot use the %s KV cache on CC %s: use one of %s or "
+                            "KV cache dtype auto" % (where, backend, kv_dtype, gpu["cc"], ", ".join(ae["fp8_kv_backends"])))
+        return backend
+    backend = ae["default_attention"]
+    if not _attention_takes(ae, backend, kv_dtype):
+        backend = next(b for b in ae["fp8_kv_backends"] if _attention_takes(ae, b, kv_dtype))
+    return backend
+
+
+def _check_attention_config(ae, value, gpu, arch, where):
+    """vLLM --attention-config: FA3 exists only on CC 9.x, FA4 not on 12.x."""
+    try:
+        config = value if isinstance(value, dict) else json.loads(value)
+    except ValueError as exc:
+        raise PlanError("override --attention-config must be JSON: %s" % exc) from exc
+    version = config.get("flash_attn_version")
+    if version is not None and version not in ae["flash_attn_versions"]:
+        raise PlanError("%s: FlashAttention %s is not available to vLLM on CC %s (%s): use one of %s"
+                        % (where, version, gpu["cc"], arch["architecture"],
+                           ", ".join(map(str, ae["flash_attn_versions"])) or "no FlashAttention (TRITON_ATTN)"))
+
+
+def _sglang_fraction(memory, gpu_mib, tp, cuda_graph, max_running, vision):
+    """SGLang's own default mem-fraction-static (arg_groups/memory_hook.py), reproduced."""
+    tier = next(t for t in memory["tiers"] if t["below_mib"] is None or gpu_mib < t["below_mib"])
+    graph_bs = tier["graph_max_bs"][0 if tp < 4 else 1]
+    if max_running:
+        graph_bs = min(graph_bs, max_running)
+    reserve = (memory["base_reserve_mib"]
+               + memory["activation_mib_per_token"] * max(tier["chunked_prefill"], memory["min_activation_tokens"])
+               + memory["per_tp_rank_mib"] * tp
+               + (memory["graph_mib_per_bs"] * graph_bs if cuda_graph else 0))
+    if gpu_mib > memory["large_gpu"]["above_mib"]:
+        reserve = max(reserve, memory["large_gpu"]["min_reserve_mib"])
+    fraction = round((gpu_mib - reserve) / gpu_mib, 3)
+    if vision:
+        vlm = memory["vlm"]
+        ratio = (vision.get("num_hidden_layers", vlm["baseline_layers"]) * vision.get("hidden_size", vlm["baseline_hidden"]) ** 2
+                 / (vlm["baseline_layers"] * vlm["baseline_hidden"] ** 2))
+        factor = min(vlm["clamp"][1], max(vlm["clamp"][0], 1.0 - vlm["sensitivity"] * (ratio - 1.0)))
+        fraction = round(fraction * vlm["base"] * factor, 3)
+    return fraction
+
+
+def _choose_fraction(engine, ev, preset, pinned, gpu_mib, tp, cuda_graph, max_running, dims, where):
+    if pinned is not None:
+        value = _number(pinned, ev["flags"]["memory_fraction"], where, float)
+        if not 0 < value <= 1:
+            raise PlanError("%s: %s %r must be a fraction of GPU memory in (0, 1], e.g. 0.85"
+                            % (where, ev["flags"]["memory_fraction"], pinned))
+        return value
+    if ev["memory"]["fraction"] == "engine_formula":
+        return _sglang_fraction(ev["memory"], gpu_mib, tp, cuda_graph, max_running, dims["vision_config"])
+    return preset["memory_fraction"][engine]
+
+
+def _number(value, flag, where, kind=int):
+    """An override given as a number or a numeric string (Ansible templating yields strings)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise PlanError("%s: %s must be a number, not %r" % (where, flag, value)) from None
+
+
+def _positive(value, flag, where, upper=None):
+    if value is None:
+        return None
+    number = _number(value, flag, where)
+    if number < 1 or (upper and number > upper):
+        raise PlanError("%s: %s must be an integer from 1 to %s, not %r" % (where, flag, upper or "n", value))
+    return number
+
+
+def _speculative(engine, ev, model, where):
+    """Flags (SGLang) or the --speculative-config JSON (vLLM) for a draft model; None without one."""
+    if not model.get("draft_path"):
+        return None
+    spec = ev["speculative"]
+    algorithm = str(model.get("draft_algorithm") or "EAGLE3").upper()
+    if algorithm not in spec["algorithms"]:
+        raise PlanError("%s: model.draft_algorithm %r is not known for %s: choose one of %s"
+                        % (where, algorithm, ENGINE_NAMES[engine], ", ".join(spec["algorithms"])))
+    name = spec["algorithms"][algorithm]
+    if spec["style"] == "json":
+        return {"--speculative-config": json.dumps(
+            {"method": name, "model": model["draft_path"], "num_speculative_tokens": spec["num_speculative_tokens"]},
+            sort_keys=True)}
+    return {"--speculative-algorithm": name, "--speculative-draft-model-path": model["draft_path"],
+            "--speculative-num-steps": spec["num_steps"], "--speculative-eagle-topk": spec["eagle_topk"],
+            "--speculative-num-draft-tokens": spec["num_draft_tokens"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Assembly
+# --------------------------------------------------------------------------------------------
+def _render(flags, opts):
+    args = []
+    for flag, value in opts.items():
+        entry = flags.index[flag]
+        kind = flag_dump.flag_kind(entry)
+        if value is None or (kind == "switch" and value is False):
+            continue
+        if kind == "switch":
+            args.append(flag)
+        elif kind == "paired":
+            args.append(flag if value else flag_dump.negative_spellings(entry["flags"])[0])
+        elif isinstance(value, list):
+            args += [flag] + [str(v) for v in value]
+        else:
+            args += [flag, json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)]
+    return args
+
+
+def _container(kn, ev, gpu, tp):
+    used = gpu["indices"][:tp]
+    device = {"driver": "nvidia", "capabilities": [["gpu"]]}
+    if tp == gpu["count"]:
+        device["count"] = -1
+    else:
+        device["device_ids"] = [str(i) for i in used]
+    return {
+        "ipc_mode": kn["container"]["ipc_mode"],
+        "shm_size": ev["container"]["shm_size"],
+        "ulimits": copy.deepcopy(kn["container"]["ulimits"]),
+        "gpus": "all" if tp == gpu["count"] else used,
+        "device_requests": [device],
+    }
+
+
+def _model(model, where):
+    if not isinstance(model, dict):
+        raise PlanError("%s: model must be a dict with repo_id, path, config and weights_bytes" % where)
+    if not model.get("path"):
+        raise PlanError("%s: model.path (the model directory inside the container) is missing" % where)
+    return model
+
+
+def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, engine_version=None,
+               knowledge=None, host=None, image=None, api_key=False):
+    """The launch plan of docs/CONTRACTS.md for one host. See docs/planning.md for every rule."""
+    kn = knowledge if knowledge is not None else load_knowledge()
+    host = host or "this host"
+    warnings = []
+    gpu = _gpu(gpu_facts, host)
+    version, ev = _engine(kn, engine, engine_version, host)
+    where = "%s (%s x %s)" % (host, gpu["count"], gpu["name"])
+    arch = _arch(kn, gpu, host, warnings)
+    ae = arch[engine]
+    _check_kernels(kn, engine, version, ev, arch, gpu, where)
+    image_ref = image or "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
+    if image:
+        warnings.append("%s: image overridden with %s; assuming it is built with CUDA %s like %s:%s"
+                        % (host, image, ev["cuda"], ev["image"]["repo"], ev["image"]["tag"]))
+    _check_driver(kn, engine, version, ev, arch, gpu, image_ref, where, warnings)
+    if preset not in kn["presets"]:
+        raise PlanError("%s: preset %r is unknown: choose one of %s" % (host, preset, ", ".join(kn["presets"])))
+    pre = kn["presets"][preset]
+    if not gpu["homogeneous"]:
+        warnings.append("%s: GPUs differ; planning with the smallest (%d MiB)" % (where, gpu["memory_mib"]))
+
+    flags = _Flags(kn, engine, version, ev)
+    ovr, ovr_warnings = _overrides(overrides, flags, ev)
+    warnings += ovr_warnings
+    names = ev["flags"]
+
+    def pinned(key):
+        return ovr.get(names.get(key)) if names.get(key) else None
+
+    model = _model(model, where)
+    model_name = model.get("repo_id") or model["path"]
+    dims = model_dims(model.get("config"), model_name)
+
+    tp = _choose_tp(dims, gpu, pinned("tp"), names["tp"], where)
+    if tp < gpu["count"]:
+        warnings.append("%s: tensor parallel size %d leaves %d GPU(s) unused (the model's heads allow no more)"
+                        % (where, tp, gpu["count"] - tp))
+    dtype = _choose_dtype(arch, dims, pinned("dtype"), where, warnings)
+    quantization, fp8_online = _choose_quantization(arch, ae, dims, pre, pinned("quantization"), gpu, where, warnings)
+    kv_dtype = _choose_kv_cache(arch, ae, ev, pre, pinned("kv_cache_dtype"), gpu, where)
+    attention = _choose_attention(engine, arch, ae, kv_dtype, pinned("attention"), gpu, where)
+    if pinned("attention_config") is not None:
+        _check_attention_config(ae, pinned("attention_config"), gpu, arch, where)
+    cuda_graph = pre["cuda_graph"] and ae["cuda_graph"]
+    max_running = _positive(pinned("max_running_requests"), names["max_running_requests"], where) \
+        or pre["max_running_requests"]
+    fraction = _choose_fraction(engine, ev, pre, pinned("memory_fraction"), gpu["memory_mib"], tp, cuda_graph,
+                                max_running, dims, where)
+    speculative = _speculative(engine, ev, model, where)
+
+    weights = model.get("weights_bytes")
+    if not weights:
+        weights = estimate_weights(dims)
+        if not weights:
+            raise PlanError("%s: model.weights_bytes of %s is missing and config.json lacks vocab_size/"
+                            "intermediate_size to estimate it: pass weights_bytes" % (where, model_name))
+        warnings.append("%s: weights of %s estimated from config.json (%.1f GiB); pass model.weights_bytes"
+                        % (where, model_name, weights / GIB))
+    if fp8_online:
+        weights = fp8_weights(weights, dims)
+    if speculative:
+        weights += model.get("draft_weights_bytes") or 0
+    kv_bytes = DTYPE_BYTES[dtype] if kv_dtype == "auto" else KV_BYTES[kv_dtype]
+    context_pin = pinned("context_length")
+    fit_result, fit_warnings = fit(
+        dims, weights_bytes=weights, gpu_memory_bytes=gpu["memory_mib"] * MIB, memory_fraction=fraction,
+        reserve_bytes=int(ev["memory"]["activation_reserve_mib"] * MIB), tp=tp, kv_bytes=kv_bytes,
+        min_context=kn["min_context_tokens"], context_cap=pre["context_cap"],
+        pinned_context=parse_context(context_pin) if context_pin is not None else None,
+        where="%s: %s" % (where, model_name))
+    warnings += fit_warnings
+
+    port = _positive(pinned("port"), names["port"], where, 65535) or ev["port"]
+    served = model.get("served_name") or model_name
+    opts = {}
+    if names.get("model"):
+        opts[names["model"]] = model["path"]
+    opts.update({
+        names["served_name"]: [served] if flags.index[names["served_name"]]["nargs"] == "+" else served,
+        names["host"]: "0.0.0.0",
+        names["port"]: port,
+        names["tp"]: tp,
+        names["dtype"]: dtype,
+        names["quantization"]: quantization,
+        names["kv_cache_dtype"]: kv_dtype,
+        names["attention"]: attention,
+        names["memory_fraction"]: fraction,
+        names["context_length"]: fit_result["context_length"],
+        names["max_running_requests"]: max_running,
+    })
+    if names.get("metrics"):
+        opts[names["metrics"]] = True
+    if not cuda_graph:
+        opts.update(ev["cuda_graph_off"])
+    opts.update(speculative or {})
+    secrets = {}
+    if api_key:
+        delivery = ev["api_key"]
+        if delivery["via"] == "env":
+            secrets["api_key"] = {"env": delivery["name"]}
+        else:
+            secrets["api_key"] = {"file": delivery["path"], "key": delivery["key"]}
+            opts[names["config_file"]] = delivery["path"]
+    semantic = {names[k] for k in SEMANTIC if names.get(k)}
+    for flag in sorted(ovr):
+        if flag not in semantic:
+            opts[flag] = ovr[flag]
+        elif ovr[flag] is None:
+            opts.pop(flag, None)    # null: leave the setting to the engine's own default
+
+    args = ([model["path"]] if ev["model_arg"] == "positional" else []) + _render(flags, opts)
+    try:
+        flag_dump.check_argv(flags.parser, args)
+    except flag_dump.ArgvError as exc:
+        raise PlanError("%s: the command line is rejected by the %s flag dump: %s" % (where, flags.label, exc)) from exc
+
+    plan = {
+        "engine": engine,
+        "engine_version": version,
+        "knowledge_table_version": kn["table_version"],
+        "image": image_ref,
+        "image_cuda": ev["cuda"],
+        "entrypoint": list(ev["entrypoint"]),
+        "args": args,
+        "argv": list(ev["entrypoint"]) + args,
+        "env": dict(ev["env"]),
+        "secrets": secrets,
+        "port": port,
+        "container": _container(kn, ev, gpu, tp),
+        "decisions": {
+            "preset": preset,
+            "architecture": arch["architecture"],
+            "compute_capability": gpu["cc"],
+            "tp_size": tp,
+            "dtype": dtype,
+            "quantization": quantization or dims["quant_method"],
+            "kv_cache_dtype": kv_dtype,
+            "attention_backend": attention,
+            "memory_fraction": fraction,
+            "context_length": fit_result["context_length"],
+            "max_running_requests": max_running,
+            "cuda_graph": cuda_graph,
+            "speculative": bool(speculative),
+        },
+        "fit": fit_result,
+        "warnings": warnings,
+    }
+    plan["plan_hash"] = plan_hash(plan)
+    return plan

@@ -1,0 +1,282 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: engine_health
+short_description: Wait until an SGLang or vLLM server is really serving, and measure it
+version_added: 0.1.0
+description:
+  - Waits for the inference server at O(url) to become ready the way its engine means it, checks
+    that C(/v1/models) lists the expected model names, then streams one short chat completion and
+    measures time to first token and decode speed.
+  - "Readiness: both engines load the model before their HTTP server listens, so a refused
+    connection means still loading. SGLang answers C(/health) with 503 while it warms up, then 200.
+    vLLM answers C(/health) with 200, or with 503 only when its engine died, which ends the wait at once."
+  - With O(container_name), the container is inspected on every probe: when it has exited the wait
+    stops at once, and any failure reports the container state, exit code and last log lines
+    (API keys masked) instead of a bare timeout.
+  - Never changes anything on the host or the server.
+author:
+  - gpufleet maintainers
+attributes:
+  check_mode:
+    support: full
+    description: Runs the same read-only probes in check mode.
+  diff_mode:
+    support: none
+    description: Returns no diff; nothing changes.
+  idempotent:
+    support: full
+    description: Only reads; RV(changed) is always V(false).
+options:
+  url:
+    description: Base URL of the server, without a path.
+    type: str
+    default: http://127.0.0.1:30000
+  engine:
+    description: Which engine serves O(url); decides what a 503 from C(/health) means and where the version is read.
+    type: str
+    choices: [sglang, vllm]
+    required: true
+  served_model_name:
+    description:
+      - The name the server must list in C(/v1/models); the smoke request uses it.
+      - When unset, the smoke request uses the first listed model.
+    type: str
+  expect_models:
+    description: Further names C(/v1/models) must list (for example every alias given to C(--served-model-name)).
+    type: list
+    elements: str
+    default: []
+  api_key:
+    description:
+      - The server's API key, sent as C(Authorization: Bearer).
+      - Health probes never send it; both engines serve C(/health) without a key.
+    type: str
+  timeout:
+    description: Seconds to wait for readiness (model loading can take many minutes).
+    type: float
+    default: 600
+  interval:
+    description: Seconds between readiness probes.
+    type: float
+    default: 5
+  smoke_prompt:
+    description:
+      - User message of the streamed smoke chat completion.
+      - An empty string skips the smoke request; RV(ttft_ms) and RV(tokens_per_s) are then V(null).
+    type: str
+    default: Reply with one short sentence.
+  max_tokens:
+    description: C(max_tokens) of the smoke request.
+    type: int
+    default: 32
+  container_name:
+    description:
+      - Name of the engine's container on the managed host, used to stop waiting when it exited and
+        to diagnose a failure (C(docker inspect), C(docker logs --tail 30)).
+      - Needs the C(docker) CLI on the managed host.
+    type: str
+notes:
+  - The smoke request is a real generation. Point O(url) at one server, not at a load balancer, to
+    measure that server.
+"""
+
+EXAMPLES = r"""
+- name: Wait for SGLang and measure it
+  gpufleet.serving.engine_health:
+    url: http://127.0.0.1:30000
+    engine: sglang
+    served_model_name: qwen3-8b
+    api_key: "{{ engine_api_key }}"
+    container_name: gpufleet-engine
+    timeout: 900
+  register: health
+
+- name: Wait for vLLM serving two aliases, readiness only
+  gpufleet.serving.engine_health:
+    url: http://10.0.0.12:8000
+    engine: vllm
+    served_model_name: qwen3-8b
+    expect_models: [qwen3]
+    smoke_prompt: ""
+
+- name: Show the numbers
+  ansible.builtin.debug:
+    msg: "healthy after {{ health.time_to_healthy_s }}s, TTFT {{ health.ttft_ms }} ms, {{ health.tokens_per_s }} tok/s"
+"""
+
+RETURN = r"""
+healthy:
+  description: Whether the server became ready, listed the expected models and answered the smoke request.
+  returned: always
+  type: bool
+  sample: true
+time_to_healthy_s:
+  description: Seconds from the start of the task until C(/health) answered 200.
+  returned: always
+  type: float
+  sample: 41.3
+ttft_ms:
+  description: Milliseconds from sending the smoke request to its first streamed token.
+  returned: always
+  type: float
+  sample: 38.2
+tokens_per_s:
+  description: Decode speed of the smoke request after its first token, (tokens - 1) / (last - first token time).
+  returned: always
+  type: float
+  sample: 97.5
+models:
+  description: Model ids listed by C(/v1/models).
+  returned: always
+  type: list
+  elements: str
+  sample: [qwen3-8b]
+engine_version:
+  description: Version the server reports (SGLang C(/server_info) C(version), vLLM C(/version)); V(null) if unknown.
+  returned: always
+  type: str
+  sample: 0.5.23
+diagnosis:
+  description: On failure, what was seen; V(null) on success.
+  returned: always
+  type: dict
+  contains:
+    last_probe:
+      description: The last readiness probe, for example C(GET /health: 503 (SGLang is starting or warming up)).
+      type: str
+    container:
+      description: C(docker inspect) state of O(container_name) (status, running, exit_code, oom_killed, error, restart_count, started_at, finished_at), or an error.
+      type: dict
+    last_log_lines:
+      description: Last 30 lines of C(docker logs) of O(container_name), API keys masked.
+      type: list
+      elements: str
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_http
+
+LOG_LINES = 30
+STOPPED_STATUSES = ("exited", "dead")
+
+
+class DockerCli(object):
+    """The few docker CLI reads the diagnosis needs; `run(argv) -> (rc, stdout, stderr)`."""
+
+    def __init__(self, run, docker_bin, name):
+        self.run, self.docker_bin, self.name = run, docker_bin, name
+
+    def state(self):
+        if not self.docker_bin:
+            return {"error": "docker CLI not found on the managed host"}
+        rc, out, err = self.run([self.docker_bin, "inspect", "--format", "{{json .State}}", self.name])
+        if rc != 0:
+            return {"error": (err or out).strip()}
+        state = json.loads(out)
+        return {"status": state.get("Status"), "running": state.get("Running"), "exit_code": state.get("ExitCode"),
+                "oom_killed": state.get("OOMKilled"), "error": state.get("Error") or None,
+                "restart_count": state.get("RestartCount"), "started_at": state.get("StartedAt"),
+                "finished_at": state.get("FinishedAt")}
+
+    def log_tail(self):
+        if not self.docker_bin:
+            return []
+        rc, out, err = self.run([self.docker_bin, "logs", "--tail", str(LOG_LINES), self.name])
+        # The engines log to both streams; docker logs keeps them apart, so order is approximate.
+        return (out + err).splitlines()[-LOG_LINES:] if rc == 0 else [err.strip()]
+
+
+def _stopped(docker):
+    """Reason to stop waiting now, or None: the container is gone or has exited."""
+    state = docker.state()
+    if state.get("status") in STOPPED_STATUSES:
+        return "container %s is %s (exit code %s)" % (docker.name, state["status"], state.get("exit_code"))
+    if "status" not in state and "No such" in (state.get("error") or ""):
+        return "container %s does not exist" % docker.name
+    return None
+
+
+def probe(params, docker=None):
+    """Run the checks; returns (ok, result dict, failure message or None)."""
+    url, engine, key = params["url"], params["engine"], params["api_key"]
+    result = {"healthy": False, "time_to_healthy_s": None, "ttft_ms": None, "tokens_per_s": None,
+              "models": [], "engine_version": None, "diagnosis": None}
+
+    def fail(msg, last_probe=None):
+        diagnosis = {"url": url, "last_probe": last_probe}
+        if docker:
+            diagnosis["container"] = docker.state()
+            diagnosis["last_log_lines"] = [engine_http.redact(line, [key]) for line in docker.log_tail()]
+        result["diagnosis"] = diagnosis
+        return False, result, engine_http.redact(msg, [key])
+
+    ready, elapsed, last_probe, stop = engine_http.wait_ready(
+        url, engine, params["timeout"], params["interval"], stop_check=(lambda: _stopped(docker)) if docker else None)
+    if not ready:
+        if stop:
+            return fail("%s stopped waiting after %.1fs: %s" % (engine, elapsed, stop), last_probe)
+        return fail("%s at %s was not ready after %.1fs; last probe: %s" % (engine, url, elapsed, last_probe),
+                    last_probe)
+    result["time_to_healthy_s"] = round(elapsed, 1)
+
+    try:
+        result["models"] = engine_http.list_models(url, key)
+        wanted = list(params["expect_models"]) + ([params["served_model_name"]] if params["served_model_name"] else [])
+        missing = [name for name in wanted if name not in result["models"]]
+        if missing:
+            return fail("/v1/models does not list %s; the server lists %s" % (missing, result["models"]), last_probe)
+        result["engine_version"] = engine_http.engine_version(url, engine, key)
+        if params["smoke_prompt"]:
+            model = params["served_model_name"] or (result["models"] or [None])[0]
+            smoke = engine_http.smoke_chat(url, model, params["smoke_prompt"], params["max_tokens"], key)
+            if not smoke["completion_tokens"]:
+                return fail("the smoke chat completion streamed no tokens", last_probe)
+            result["ttft_ms"], result["tokens_per_s"] = smoke["ttft_ms"], smoke["tokens_per_s"]
+    except engine_http.EngineHttpError as exc:
+        hint = " (check api_key)" if exc.status in (401, 403) else ""
+        return fail("%s%s" % (exc, hint), last_probe)
+    except (OSError, ValueError) as exc:  # the server went away or answered garbage after it was ready
+        return fail("%s stopped answering after it was ready: %s" % (engine, exc), last_probe)
+    result["healthy"] = True
+    return True, result, None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", default="http://127.0.0.1:30000"),
+            engine=dict(type="str", required=True, choices=list(engine_http.ENGINES)),
+            served_model_name=dict(type="str"),
+            expect_models=dict(type="list", elements="str", default=[]),
+            api_key=dict(type="str", no_log=True),
+            timeout=dict(type="float", default=600),
+            interval=dict(type="float", default=5),
+            smoke_prompt=dict(type="str", default="Reply with one short sentence."),
+            max_tokens=dict(type="int", default=32),
+            container_name=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    docker = None
+    if module.params["container_name"]:
+        docker = DockerCli(module.run_command, module.get_bin_path("docker"), module.params["container_name"])
+    ok, result, msg = probe(module.params, docker)
+    if ok:
+        module.exit_json(changed=False, **result)
+    module.fail_json(msg=msg, changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

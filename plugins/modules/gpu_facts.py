@@ -1,0 +1,215 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: gpu_facts
+short_description: Gather NVIDIA GPU, driver and CUDA facts with nvidia-smi
+version_added: 0.1.0
+description:
+  - Reads the host's NVIDIA GPUs, driver version, supported CUDA version, compute capability,
+    NVLink presence and kernel module flavour, and returns them as the C(gpufleet_gpu) fact.
+  - Uses one C(nvidia-smi --query-gpu) call and one C(nvidia-smi --version) call (the full
+    C(nvidia-smi) table only on drivers without C(--version)); C(nvidia-smi topo -m) only on hosts
+    with more than one GPU.
+  - A host without driver, with the driver not loaded, or without GPUs is not an error unless
+    O(required=true); its state is reported in RV(ansible_facts.gpufleet_gpu.state).
+  - Never changes the host.
+author:
+  - gpufleet maintainers
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return the same facts, since it only reads.
+  diff_mode:
+    support: none
+    description: Returns no diff; nothing changes.
+  facts:
+    support: full
+    description: Returns C(ansible_facts.gpufleet_gpu).
+  idempotent:
+    support: full
+    description: Reads only; RV(changed) is always V(false).
+options:
+  nvidia_smi_path:
+    description:
+      - Path of the C(nvidia-smi) binary.
+      - When unset, C(nvidia-smi) is searched on E(PATH), then C(/usr/bin/nvidia-smi).
+      - A path that does not exist means state V(no_driver).
+    type: path
+  required:
+    description:
+      - Fail when the state is anything but V(healthy) (no driver, driver not loaded, no GPU).
+      - The facts are still returned with the failure.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds each C(nvidia-smi) call may take; a hung call (for example a GPU fallen off the bus)
+        fails the task.
+    type: int
+    default: 30
+notes:
+  - Output that does not parse (a changed nvidia-smi format) and nvidia-smi failures other than the
+    three known states fail the task with a message naming what was wrong.
+"""
+
+EXAMPLES = r"""
+- name: Read the GPUs of every host
+  gpufleet.serving.gpu_facts:
+
+- name: Fail hosts that cannot serve (no driver, driver not loaded, no GPU)
+  gpufleet.serving.gpu_facts:
+    required: true
+
+- name: Use a driver installed outside PATH
+  gpufleet.serving.gpu_facts:
+    nvidia_smi_path: /usr/local/nvidia/bin/nvidia-smi
+
+- name: Show what was found
+  ansible.builtin.debug:
+    msg: >-
+      {{ gpufleet_gpu.count }} x {{ gpufleet_gpu.gpus[0].name | default('none') }},
+      {{ gpufleet_gpu.architecture }}, CUDA {{ gpufleet_gpu.cuda_version }}
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts added to the host.
+  returned: always
+  type: dict
+  contains:
+    gpufleet_gpu:
+      description: The host's GPUs; the shape is fixed by docs/CONTRACTS.md.
+      returned: always
+      type: dict
+      contains:
+        state:
+          description: V(healthy), V(no_driver), V(driver_not_loaded) or V(no_gpu).
+          type: str
+          sample: healthy
+        message:
+          description: What nvidia-smi said for a non-healthy state; a one-line summary when healthy.
+          type: str
+          sample: "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. ..."
+        nvidia_smi_path:
+          description: The nvidia-smi used; V(null) when none was found.
+          type: str
+          sample: /usr/bin/nvidia-smi
+        driver_version:
+          description: NVIDIA driver version; V(null) unless healthy.
+          type: str
+          sample: "580.159.04"
+        cuda_version:
+          description: Highest CUDA version the driver supports; V(null) unless healthy or when the driver reports none.
+          type: str
+          sample: "13.0"
+        count:
+          description: Number of GPUs.
+          type: int
+          sample: 1
+        gpus:
+          description: One entry per GPU, in nvidia-smi index order.
+          type: list
+          elements: dict
+          sample:
+            - index: 0
+              uuid: GPU-9e69fcbc-962a-e3ab-6d85-0e453726a4e8
+              name: NVIDIA H100 80GB HBM3
+              memory_mib: 81559
+              compute_capability: "9.0"
+              pci_bus_id: "00000000:00:06.0"
+              mig_mode: Disabled
+        compute_capability:
+          description: The lowest compute capability over all GPUs; V(null) without GPUs.
+          type: str
+          sample: "9.0"
+        architecture:
+          description: >-
+            Family of that compute capability: V(volta), V(turing), V(ampere), V(ada), V(hopper),
+            V(blackwell), or V(unknown) for one this module predates.
+          type: str
+          sample: hopper
+        memory_total_mib:
+          description: Sum of all GPUs' memory in MiB, as nvidia-smi reports it.
+          type: int
+          sample: 81559
+        memory_min_mib:
+          description: Memory of the smallest GPU in MiB.
+          type: int
+          sample: 81559
+        homogeneous:
+          description: All GPUs share name, memory and compute capability; V(null) without GPUs.
+          type: bool
+          sample: true
+        nvlink:
+          description: Any GPU pair is linked by NVLink (C(NV#) in C(nvidia-smi topo -m)).
+          type: bool
+          sample: false
+        kernel_module:
+          description: V(open) or V(proprietary) from /proc/driver/nvidia/version; V(null) when it is not readable.
+          type: str
+          sample: open
+"""
+
+import os
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.serving.plugins.module_utils.nvidia_smi import (
+    HEALTHY,
+    NvidiaSmiError,
+    collect,
+)
+
+
+def read_text(path):
+    with open(path) as handle:
+        return handle.read()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            nvidia_smi_path=dict(type="path"),
+            required=dict(type="bool", default=False),
+            timeout=dict(type="int", default=30),
+        ),
+        supports_check_mode=True,
+    )
+    timeout = module.params["timeout"]
+    path = module.params["nvidia_smi_path"] or module.get_bin_path("nvidia-smi", opt_dirs=["/usr/bin"])
+    if path and not os.path.exists(path):
+        path = None
+
+    def run(argv):
+        # subprocess rather than run_command: run_command has no timeout, and nvidia-smi can hang.
+        try:
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                                  timeout=timeout, env=dict(os.environ, LC_ALL="C"))
+        except subprocess.TimeoutExpired:
+            module.fail_json(msg="%s did not answer within %d seconds" % (" ".join(argv), timeout))
+        except OSError as exc:  # present but not runnable counts as no usable driver
+            return 127, "", str(exc)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    try:
+        facts, warnings = collect(path, run, read_text)
+    except (NvidiaSmiError, ValueError) as exc:
+        module.fail_json(msg=str(exc))
+    for warning in warnings:
+        module.warn(warning)
+    if module.params["required"] and facts["state"] != HEALTHY:
+        module.fail_json(msg="GPU required but state is %s: %s" % (facts["state"], facts["message"]),
+                         ansible_facts={"gpufleet_gpu": facts})
+    module.exit_json(changed=False, ansible_facts={"gpufleet_gpu": facts})
+
+
+if __name__ == "__main__":
+    main()
