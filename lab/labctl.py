@@ -9,6 +9,7 @@ one container per host, and the local Hugging Face server on the network's gatew
 import argparse
 import hashlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -139,7 +140,7 @@ def build_images():
     ctx = os.path.join(STATE, "build-engine-standin")
     shutil.rmtree(ctx, ignore_errors=True)
     shutil.copytree(standin_dir, ctx)
-    shutil.copytree(os.path.join(REPO_ROOT, "data", "engine_flags"), os.path.join(ctx, "engine_flags"))
+    shutil.copytree(os.path.join(REPO_ROOT, "data", "engine_flags"), os.path.join(ctx, "engine_flags"), dirs_exist_ok=True)
     inputs = base_id[:19] + tree_hash(standin_dir, os.path.join(REPO_ROOT, "data", "engine_flags"))
     build_image(STANDIN_IMAGE, ctx, inputs)
 
@@ -258,15 +259,21 @@ def hf_server_running(host, port):
 def ensure_hf_server(net, port):
     host = net["gateway"]
     os.makedirs(HF_STATE, exist_ok=True)
-    sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", HF_STATE, capture=False)
     if hf_server_running(host, port):
         return
+    sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", HF_STATE)
+    token_file = os.path.join(HF_STATE, "gated-token")
+    if not os.path.exists(token_file):
+        # The token the lab's gated repo accepts; tests read it from here, nothing prints it.
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, ("hf_lab_" + secrets.token_hex(16) + "\n").encode())
+        os.close(fd)
     log(f"starting the local Hugging Face server on {host}:{port}")
     with open(os.path.join(HF_STATE, "server.log"), "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, os.path.join(LAB_DIR, "hf", "serve.py"), "--root", HF_STATE,
              "--host", host, "--port", str(port), "--access-log", os.path.join(HF_STATE, "access.log"),
-             "--gated-token-file", os.path.join(HF_STATE, "gated-token")],
+             "--gated-token-file", token_file],
             stdout=out, stderr=out, start_new_session=True)
     with open(os.path.join(HF_STATE, "server.pid"), "w") as f:
         f.write(str(proc.pid))

@@ -129,7 +129,8 @@ class HubHandler(BaseHTTPRequestHandler):
         if not header:
             return False
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip().encode(), t) for t in self.server.tokens):
+        token = token.strip().encode()
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(token, t) for t in self.server.tokens):
             return True
         raise HubError(401, "Invalid credentials in Authorization header")
 

@@ -21,7 +21,8 @@ import json
 import re
 import time
 
-from urllib.error import HTTPError, URLError
+from http.client import HTTPException
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 ENGINES = ("sglang", "vllm")
@@ -81,7 +82,8 @@ def _request(base_url, path, api_key=None, payload=None, timeout=10.0):
 
 
 def get(base_url, path, api_key=None, timeout=10.0):
-    """Return (status, body bytes). HTTP errors are statuses; connection problems raise OSError."""
+    """Return (status, body bytes). HTTP errors are statuses; connection problems raise OSError
+    (urllib's URLError is one) or http.client.HTTPException."""
     try:
         with _request(base_url, path, api_key, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -93,16 +95,16 @@ def probe_health(base_url, engine, timeout=30.0):
     """One readiness probe: ("ready" | "waiting" | "dead", human description)."""
     try:
         status, _ = get(base_url, "/health", timeout=timeout)
-    except (URLError, OSError) as exc:  # refused, reset, timed out: still loading (or not started)
+    except (OSError, HTTPException) as exc:  # refused, reset, timed out, half-started: still loading
         reason = getattr(exc, "reason", exc)
-        return "waiting", "GET /health: no answer (%s)" % reason
+        return "waiting", "GET /health -> no answer (%s)" % reason
     if status == 200:
-        return "ready", "GET /health: 200"
+        return "ready", "GET /health -> 200"
     if status == 503 and engine == "sglang":
-        return "waiting", "GET /health: 503 (SGLang is starting or warming up)"
+        return "waiting", "GET /health -> 503 (SGLang is starting or warming up)"
     if status == 503:
-        return "dead", "GET /health: 503 (vLLM reports its engine dead)"
-    return "waiting", "GET /health: unexpected HTTP %s (is this the %s port?)" % (status, engine)
+        return "dead", "GET /health -> 503 (vLLM reports its engine dead)"
+    return "waiting", "GET /health -> unexpected HTTP %s (is this the %s port?)" % (status, engine)
 
 
 def wait_ready(base_url, engine, timeout, interval, stop_check=None, clock=time.monotonic, sleep=time.sleep):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 
@@ -29,7 +30,7 @@ ENGINE_NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
 OWNED = ("model", "api_key", "config_file")
 # The semantic settings an override may pin; the planner validates them against the GPU.
 SEMANTIC = ("host", "port", "served_name", "tp", "dtype", "quantization", "kv_cache_dtype", "attention",
-            "memory_fraction", "context_length", "max_running_requests", "attention_config")
+            "memory_fraction", "context_length", "max_running_requests")
 
 
 def plan_hash(plan):
@@ -98,9 +99,12 @@ def _check_kernels(kn, engine, version, ev, arch, gpu, where):
     if runs_kernels(ev["kernel_cubins"], gpu["cc"]):
         return
     others = _alternatives(kn, gpu, lambda entry: True)
-    raise PlanError("%s: %s %s cannot run on CC %s (%s): %s ships no sm_%s code. Fix: %s"
+    same_engine = [o for o in others if o.startswith("engine=%s " % engine)]
+    raise PlanError("%s: %s %s cannot run on CC %s (%s): %s ships no sm_%s code%s. Fix: %s"
                     % (where, ENGINE_NAMES.get(engine, engine), version, gpu["cc"], arch["architecture"],
                        ev["kernel_package"], gpu["cc"].replace(".", ""),
+                       "" if same_engine else " and knowledge table %s has no %s version that does"
+                       % (kn["table_version"], ENGINE_NAMES.get(engine, engine)),
                        "set " + " or ".join(others) if others else "use a GPU of CC 8.0 or newer"))
 
 
@@ -145,14 +149,13 @@ def _check_driver(kn, engine, version, ev, arch, gpu, image, where, warnings):
 # Overrides: engine flags by their full names
 # --------------------------------------------------------------------------------------------
 class _Flags:
-    """The flag dump of one engine version, with lookups by any spelling."""
+    """The flag dump of one engine version, with lookups by any spelling. Read-only once built."""
 
-    def __init__(self, kn, engine, version, ev):
-        path = "%s/%s" % (kn.get("flag_dump_dir") or flag_dump.default_dump_dir(), ev["flag_dump"])
-        self.entries = flag_dump.load_dump(path)
-        self.index = flag_dump.index_dump(self.entries)
+    def __init__(self, path, engine, version):
+        entries = flag_dump.load_dump(path)
+        self.index = flag_dump.index_dump(entries)
         self.parser = flag_dump.build_parser_from_dump(
-            self.entries, prog="%s %s" % (engine, version), positionals=flag_dump.SUBCOMMAND_POSITIONALS.get(engine, ()))
+            entries, prog="%s %s" % (engine, version), positionals=flag_dump.SUBCOMMAND_POSITIONALS.get(engine, ()))
         self.label = "%s %s" % (ENGINE_NAMES.get(engine, engine), version)
 
     def canonical(self, flag):
@@ -160,6 +163,18 @@ class _Flags:
 
     def choices(self, flag):
         return [c for c in self.index[flag]["choices"] or () if c is not None]
+
+
+@functools.lru_cache(maxsize=16)
+def _flags(path, engine, version):
+    # Parsing a dump and building its parser costs more than the rest of a plan; a play plans
+    # many hosts with the same few engine versions.
+    return _Flags(path, engine, version)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_knowledge():
+    return load_knowledge()
 
 
 def _override_value(flags, name, value):
@@ -240,7 +255,8 @@ def _choose_tp(dims, gpu, pinned, flag, where):
 
 
 def _choose_dtype(arch, dims, pinned, where, warnings):
-    if pinned is not None:
+    # A pinned "auto" is resolved the way the engines resolve it, so the plan stays explicit.
+    if pinned not in (None, "auto"):
         if pinned == "bfloat16" and not arch["bf16"]:
             raise PlanError("%s: --dtype bfloat16 needs CC >= 8.0; %s has no bf16: use float16"
                             % (where, arch["architecture"]))
@@ -250,7 +266,8 @@ def _choose_dtype(arch, dims, pinned, where, warnings):
             warnings.append("%s: checkpoint is bfloat16 but %s has no bf16: serving in float16"
                             % (where, arch["architecture"]))
         return "float16"
-    return dims["dtype"] if dims["dtype"] in ("bfloat16", "float16") else "bfloat16"
+    # float32 checkpoints are served in float16, as both engines' "auto" does.
+    return dims["dtype"] if dims["dtype"] in ("bfloat16", "float16") else "float16"
 
 
 def _no_fp8(arch, gpu, what, where):
@@ -450,17 +467,12 @@ def _model(model, where):
     return model
 
 
-def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, engine_version=None,
-               knowledge=None, host=None, image=None, api_key=False):
-    """The launch plan of docs/CONTRACTS.md for one host. See docs/planning.md for every rule."""
-    kn = knowledge if knowledge is not None else load_knowledge()
-    host = host or "this host"
-    warnings = []
+def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warnings):
+    """Everything fixed before the model is looked at: GPU, engine version, arch, driver, preset."""
     gpu = _gpu(gpu_facts, host)
     version, ev = _engine(kn, engine, engine_version, host)
     where = "%s (%s x %s)" % (host, gpu["count"], gpu["name"])
     arch = _arch(kn, gpu, host, warnings)
-    ae = arch[engine]
     _check_kernels(kn, engine, version, ev, arch, gpu, where)
     image_ref = image or "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
     if image:
@@ -469,84 +481,102 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
     _check_driver(kn, engine, version, ev, arch, gpu, image_ref, where, warnings)
     if preset not in kn["presets"]:
         raise PlanError("%s: preset %r is unknown: choose one of %s" % (host, preset, ", ".join(kn["presets"])))
-    pre = kn["presets"][preset]
     if not gpu["homogeneous"]:
         warnings.append("%s: GPUs differ; planning with the smallest (%d MiB)" % (where, gpu["memory_mib"]))
+    flags = _flags("%s/%s" % (kn.get("flag_dump_dir") or flag_dump.default_dump_dir(), ev["flag_dump"]),
+                   engine, version)
+    return {"engine": engine, "version": version, "ev": ev, "gpu": gpu, "arch": arch, "ae": arch[engine],
+            "preset": kn["presets"][preset], "image": image_ref, "where": where, "flags": flags}
 
-    flags = _Flags(kn, engine, version, ev)
-    ovr, ovr_warnings = _overrides(overrides, flags, ev)
-    warnings += ovr_warnings
+
+def _decide(ctx, dims, model, pinned, warnings):
+    """The settings of the plan, each from the table, the preset and a validated override."""
+    engine, ev, gpu, arch, ae, pre, where = (ctx[k] for k in ("engine", "ev", "gpu", "arch", "ae", "preset", "where"))
     names = ev["flags"]
-
-    def pinned(key):
-        return ovr.get(names.get(key)) if names.get(key) else None
-
-    model = _model(model, where)
-    model_name = model.get("repo_id") or model["path"]
-    dims = model_dims(model.get("config"), model_name)
-
     tp = _choose_tp(dims, gpu, pinned("tp"), names["tp"], where)
     if tp < gpu["count"]:
         warnings.append("%s: tensor parallel size %d leaves %d GPU(s) unused (the model's heads allow no more)"
                         % (where, tp, gpu["count"] - tp))
-    dtype = _choose_dtype(arch, dims, pinned("dtype"), where, warnings)
     quantization, fp8_online = _choose_quantization(arch, ae, dims, pre, pinned("quantization"), gpu, where, warnings)
     kv_dtype = _choose_kv_cache(arch, ae, ev, pre, pinned("kv_cache_dtype"), gpu, where)
-    attention = _choose_attention(engine, arch, ae, kv_dtype, pinned("attention"), gpu, where)
     if pinned("attention_config") is not None:
         _check_attention_config(ae, pinned("attention_config"), gpu, arch, where)
     cuda_graph = pre["cuda_graph"] and ae["cuda_graph"]
-    max_running = _positive(pinned("max_running_requests"), names["max_running_requests"], where) \
-        or pre["max_running_requests"]
-    fraction = _choose_fraction(engine, ev, pre, pinned("memory_fraction"), gpu["memory_mib"], tp, cuda_graph,
-                                max_running, dims, where)
-    speculative = _speculative(engine, ev, model, where)
+    max_running = (_positive(pinned("max_running_requests"), names["max_running_requests"], where)
+                   or pre["max_running_requests"])
+    return {
+        "tp": tp,
+        "dtype": _choose_dtype(arch, dims, pinned("dtype"), where, warnings),
+        "quantization": quantization,
+        "fp8_online": fp8_online,
+        "kv_dtype": kv_dtype,
+        "attention": _choose_attention(engine, arch, ae, kv_dtype, pinned("attention"), gpu, where),
+        "cuda_graph": cuda_graph,
+        "max_running": max_running,
+        "fraction": _choose_fraction(engine, ev, pre, pinned("memory_fraction"), gpu["memory_mib"], tp, cuda_graph,
+                                     max_running, dims, where),
+        "speculative": _speculative(engine, ev, model, where),
+        "port": _positive(pinned("port"), names["port"], where, 65535) or ev["port"],
+    }
 
+
+def _fit(kn, ctx, model, dims, d, pinned, warnings):
+    """Weights as served (online FP8, draft model) against the GPU; picks the context length."""
+    where, name = ctx["where"], model.get("repo_id") or model["path"]
     weights = model.get("weights_bytes")
     if not weights:
         weights = estimate_weights(dims)
         if not weights:
             raise PlanError("%s: model.weights_bytes of %s is missing and config.json lacks vocab_size/"
-                            "intermediate_size to estimate it: pass weights_bytes" % (where, model_name))
+                            "intermediate_size to estimate it: pass weights_bytes" % (where, name))
         warnings.append("%s: weights of %s estimated from config.json (%.1f GiB); pass model.weights_bytes"
-                        % (where, model_name, weights / GIB))
-    if fp8_online:
+                        % (where, name, weights / GIB))
+    stored, served = DTYPE_BYTES.get(dims["dtype"], 2), DTYPE_BYTES[d["dtype"]]
+    if not dims["quant_method"] and stored > served:
+        weights = weights * served // stored      # a float32 checkpoint is loaded in 16 bits
+    if d["fp8_online"]:
         weights = fp8_weights(weights, dims)
-    if speculative:
+    if d["speculative"]:
         weights += model.get("draft_weights_bytes") or 0
-    kv_bytes = DTYPE_BYTES[dtype] if kv_dtype == "auto" else KV_BYTES[kv_dtype]
-    context_pin = pinned("context_length")
-    fit_result, fit_warnings = fit(
-        dims, weights_bytes=weights, gpu_memory_bytes=gpu["memory_mib"] * MIB, memory_fraction=fraction,
-        reserve_bytes=int(ev["memory"]["activation_reserve_mib"] * MIB), tp=tp, kv_bytes=kv_bytes,
-        min_context=kn["min_context_tokens"], context_cap=pre["context_cap"],
-        pinned_context=parse_context(context_pin) if context_pin is not None else None,
-        where="%s: %s" % (where, model_name))
+    context = pinned("context_length")
+    result, fit_warnings = fit(
+        dims, weights_bytes=weights, gpu_memory_bytes=ctx["gpu"]["memory_mib"] * MIB, memory_fraction=d["fraction"],
+        reserve_bytes=int(ctx["ev"]["memory"]["activation_reserve_mib"] * MIB), tp=d["tp"],
+        kv_bytes=DTYPE_BYTES[d["dtype"]] if d["kv_dtype"] == "auto" else KV_BYTES[d["kv_dtype"]],
+        min_context=kn["min_context_tokens"], context_cap=ctx["preset"]["context_cap"],
+        pinned_context=parse_context(context) if context is not None else None, where="%s: %s" % (where, name),
+        hint="preset memory_optimized (online FP8 weights)" if (
+            ctx["arch"]["fp8_native"] and not d["fp8_online"] and not dims["quant_method"]) else None)
     warnings += fit_warnings
+    return result
 
-    port = _positive(pinned("port"), names["port"], where, 65535) or ev["port"]
-    served = model.get("served_name") or model_name
-    opts = {}
-    if names.get("model"):
-        opts[names["model"]] = model["path"]
+
+def _options(ctx, model, d, context, pinned, ovr, api_key):
+    """{flag: value} in launch order, and where the API key goes."""
+    ev, flags = ctx["ev"], ctx["flags"]
+    names = ev["flags"]
+    served = pinned("served_name") or model.get("served_name") or model.get("repo_id") or model["path"]
+    if flags.index[names["served_name"]]["nargs"] == "+" and not isinstance(served, list):
+        served = [served]
+    opts = {names["model"]: model["path"]} if names.get("model") else {}
     opts.update({
-        names["served_name"]: [served] if flags.index[names["served_name"]]["nargs"] == "+" else served,
-        names["host"]: "0.0.0.0",
-        names["port"]: port,
-        names["tp"]: tp,
-        names["dtype"]: dtype,
-        names["quantization"]: quantization,
-        names["kv_cache_dtype"]: kv_dtype,
-        names["attention"]: attention,
-        names["memory_fraction"]: fraction,
-        names["context_length"]: fit_result["context_length"],
-        names["max_running_requests"]: max_running,
+        names["served_name"]: served,
+        names["host"]: pinned("host") or "0.0.0.0",
+        names["port"]: d["port"],
+        names["tp"]: d["tp"],
+        names["dtype"]: d["dtype"],
+        names["quantization"]: d["quantization"],
+        names["kv_cache_dtype"]: d["kv_dtype"],
+        names["attention"]: d["attention"],
+        names["memory_fraction"]: d["fraction"],
+        names["context_length"]: context,
+        names["max_running_requests"]: d["max_running"],
     })
     if names.get("metrics"):
         opts[names["metrics"]] = True
-    if not cuda_graph:
+    if not d["cuda_graph"]:
         opts.update(ev["cuda_graph_off"])
-    opts.update(speculative or {})
+    opts.update(d["speculative"] or {})
     secrets = {}
     if api_key:
         delivery = ev["api_key"]
@@ -561,6 +591,28 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
             opts[flag] = ovr[flag]
         elif ovr[flag] is None:
             opts.pop(flag, None)    # null: leave the setting to the engine's own default
+    return opts, secrets
+
+
+def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, engine_version=None,
+               knowledge=None, host=None, image=None, api_key=False):
+    """The launch plan of docs/CONTRACTS.md for one host. See docs/planning.md for every rule."""
+    kn = knowledge if knowledge is not None else _default_knowledge()
+    host = host or "this host"
+    warnings = []
+    ctx = _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warnings)
+    ev, flags, where = ctx["ev"], ctx["flags"], ctx["where"]
+    ovr, ovr_warnings = _overrides(overrides, flags, ev)
+    warnings += ovr_warnings
+
+    def pinned(key):
+        return ovr.get(ev["flags"].get(key)) if ev["flags"].get(key) else None
+
+    model = _model(model, where)
+    dims = model_dims(model.get("config"), model.get("repo_id") or model["path"])
+    d = _decide(ctx, dims, model, pinned, warnings)
+    fit_result = _fit(kn, ctx, model, dims, d, pinned, warnings)
+    opts, secrets = _options(ctx, model, d, fit_result["context_length"], pinned, ovr, api_key)
 
     args = ([model["path"]] if ev["model_arg"] == "positional" else []) + _render(flags, opts)
     try:
@@ -570,31 +622,31 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
 
     plan = {
         "engine": engine,
-        "engine_version": version,
+        "engine_version": ctx["version"],
         "knowledge_table_version": kn["table_version"],
-        "image": image_ref,
+        "image": ctx["image"],
         "image_cuda": ev["cuda"],
         "entrypoint": list(ev["entrypoint"]),
         "args": args,
         "argv": list(ev["entrypoint"]) + args,
         "env": dict(ev["env"]),
         "secrets": secrets,
-        "port": port,
-        "container": _container(kn, ev, gpu, tp),
+        "port": d["port"],
+        "container": _container(kn, ev, ctx["gpu"], d["tp"]),
         "decisions": {
             "preset": preset,
-            "architecture": arch["architecture"],
-            "compute_capability": gpu["cc"],
-            "tp_size": tp,
-            "dtype": dtype,
-            "quantization": quantization or dims["quant_method"],
-            "kv_cache_dtype": kv_dtype,
-            "attention_backend": attention,
-            "memory_fraction": fraction,
+            "architecture": ctx["arch"]["architecture"],
+            "compute_capability": ctx["gpu"]["cc"],
+            "tp_size": d["tp"],
+            "dtype": d["dtype"],
+            "quantization": d["quantization"] or dims["quant_method"],
+            "kv_cache_dtype": d["kv_dtype"],
+            "attention_backend": d["attention"],
+            "memory_fraction": d["fraction"],
             "context_length": fit_result["context_length"],
-            "max_running_requests": max_running,
-            "cuda_graph": cuda_graph,
-            "speculative": bool(speculative),
+            "max_running_requests": d["max_running"],
+            "cuda_graph": d["cuda_graph"],
+            "speculative": bool(d["speculative"]),
         },
         "fit": fit_result,
         "warnings": warnings,

@@ -20,8 +20,6 @@ import re
 # `vllm serve` adds its positional model outside make_arg_parser(), so the dump lacks it.
 SUBCOMMAND_POSITIONALS = {"vllm": ("model_tag",)}
 
-# Action classes that take no value and set True.
-SWITCH_ACTIONS = {"_StoreTrueAction", "DeprecatedStoreTrueAction"}
 # Action classes that register a positive and a negative spelling (see negative_spellings).
 PAIRED_ACTIONS = {"BooleanOptionalAction", "EnableDisableAction"}
 
@@ -106,7 +104,7 @@ def flag_kind(entry):
         return "help"
     if action in PAIRED_ACTIONS:
         return "paired"
-    if action in SWITCH_ACTIONS or entry["nargs"] == 0:
+    if entry["nargs"] == 0:     # store_true and its deprecated variants
         return "switch"
     return "value"
 

@@ -153,6 +153,19 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def orphaned_partials(snapshot_dir):
+    """Temp files of downloads that were killed. huggingface_hub (2.4.0) writes each download to a
+    process-unique `*.incomplete` file (never resumed by a later process) and only removes it when the
+    process survives, so a killed run leaves them behind: {path: size}."""
+    found = {}
+    for dirpath, _dirs, names in os.walk(os.path.join(snapshot_dir, STAGING)):
+        for name in names:
+            if name.endswith(".incomplete"):
+                path = os.path.join(dirpath, name)
+                found[path] = os.path.getsize(path)
+    return found
+
+
 def escape_pattern(path):
     """An fnmatch pattern matching exactly `path` (for the client's allow_patterns)."""
     return "".join("[%s]" % c if c in "*?[" else c for c in path)

@@ -36,7 +36,8 @@ def load_knowledge(path=None):
     path = path or default_path()
     try:
         with open(path, encoding="utf-8") as handle:
-            table = yaml.safe_load(handle)
+            # The C loader is ~20x faster; PyYAML built without libyaml falls back to Python.
+            table = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as exc:
         raise KnowledgeError("cannot read knowledge table %s: %s" % (path, exc)) from exc
     validate(table, source=path)

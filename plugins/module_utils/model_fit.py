@@ -53,8 +53,26 @@ def text_config(config):
     return inner if isinstance(inner, dict) else config
 
 
+# Other spellings of the same config fields (GPT-2 style, ChatGLM), as transformers' attribute_map
+# and vLLM's config convertor read them.
+ALIASES = {
+    "num_attention_heads": ("n_head",),
+    "num_hidden_layers": ("n_layer",),
+    "hidden_size": ("n_embd",),
+    "max_position_embeddings": ("n_positions",),
+    "num_key_value_heads": ("n_head_kv", "num_kv_heads", "multi_query_group_num"),
+}
+
+
+def _field(cfg, key):
+    for name in (key,) + ALIASES.get(key, ()):
+        if cfg.get(name) is not None:
+            return cfg[name]
+    return None
+
+
 def _positive_int(cfg, key, name, section):
-    value = cfg.get(key)
+    value = _field(cfg, key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise PlanError("model config of %s has no valid %s in %s (got %r): pass the model's real config.json"
                         % (name, key, section, value))
@@ -69,7 +87,7 @@ def model_dims(config, name="the model"):
     section = "config.json text_config" if cfg is not config else "config.json"
     heads = _positive_int(cfg, "num_attention_heads", name, section)
     layers = _positive_int(cfg, "num_hidden_layers", name, section)
-    kv_heads = cfg.get("num_key_value_heads") or heads
+    kv_heads = _field(cfg, "num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or (_positive_int(cfg, "hidden_size", name, section) // heads)
     quant = config.get("quantization_config") or cfg.get("quantization_config") or {}
     return {
@@ -77,13 +95,14 @@ def model_dims(config, name="the model"):
         "num_kv_heads": kv_heads,
         "num_layers": layers,
         "head_dim": head_dim,
-        "hidden_size": cfg.get("hidden_size") or heads * head_dim,
+        "hidden_size": _field(cfg, "hidden_size") or heads * head_dim,
         "intermediate_size": cfg.get("intermediate_size"),
         "vocab_size": cfg.get("vocab_size"),
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
-        "max_position_embeddings": cfg.get("max_position_embeddings"),
+        "max_position_embeddings": _field(cfg, "max_position_embeddings"),
+        # transformers' default when a config names no dtype (GPT-2 era checkpoints) is float32.
         "dtype": str(cfg.get("torch_dtype") or cfg.get("dtype") or config.get("torch_dtype")
-                     or config.get("dtype") or "bfloat16"),
+                     or config.get("dtype") or "float32"),
         "quant_method": quant.get("quant_method"),
         "quant_bits": quant.get("bits"),
         "quant_group_size": quant.get("group_size"),
@@ -171,11 +190,12 @@ def parse_context(value):
 
 
 def fit(dims, *, weights_bytes, gpu_memory_bytes, memory_fraction, reserve_bytes, tp, kv_bytes,
-        min_context, context_cap=None, pinned_context=None, where="this host"):
+        min_context, context_cap=None, pinned_context=None, where="this host", hint=None):
     """Check that the model fits and pick the context length.
 
     Returns (fit dict, warnings). Raises PlanError when the weights plus min_context tokens of KV
-    cache do not fit, or when a pinned context does not. `where` names the host and GPU.
+    cache do not fit, or when a pinned context does not. `where` names the host and GPU; `hint`
+    is a first fix to suggest when the model does not fit.
     """
     warnings = []
     weights_per_gpu = -(-weights_bytes // tp)
@@ -187,10 +207,10 @@ def fit(dims, *, weights_bytes, gpu_memory_bytes, memory_fraction, reserve_bytes
     if need > usable:
         raise PlanError(
             "%s: the model does not fit: it needs %s per GPU (weights %s at tp %d + KV cache for %d tokens "
-            "%s) and has %s (%s x memory fraction %.3f - %s reserve). Fix: use more GPUs (tp), a quantized "
+            "%s) and has %s (%s x memory fraction %.3f - %s reserve). Fix: use %smore GPUs (tp), a quantized "
             "checkpoint (AWQ/GPTQ/FP8) or a smaller model"
             % (where, gib(need), gib(weights_per_gpu), tp, floor, gib(floor * per_token), gib(max(usable, 0)),
-               gib(gpu_memory_bytes), memory_fraction, gib(reserve_bytes)))
+               gib(gpu_memory_bytes), memory_fraction, gib(reserve_bytes), hint + ", " if hint else ""))
     max_fit = (usable - weights_per_gpu) // per_token
     ceiling = min(v for v in (model_max, context_cap) if v) if (model_max or context_cap) else max_fit
     if pinned_context is not None:

@@ -19,7 +19,7 @@ description:
   - "Readiness: both engines load the model before their HTTP server listens, so a refused
     connection means still loading. SGLang answers C(/health) with 503 while it warms up, then 200.
     vLLM answers C(/health) with 200, or with 503 only when its engine died, which ends the wait at once."
-  - With O(container_name), the container is inspected on every probe: when it has exited the wait
+  - With O(container_name), the container is inspected on every probe. When it has exited the wait
     stops at once, and any failure reports the container state, exit code and last log lines
     (API keys masked) instead of a bare timeout.
   - Never changes anything on the host or the server.
@@ -57,7 +57,7 @@ options:
     default: []
   api_key:
     description:
-      - The server's API key, sent as C(Authorization: Bearer).
+      - The server's API key, sent as a C(Bearer) token in the C(Authorization) header.
       - Health probes never send it; both engines serve C(/health) without a key.
     type: str
   timeout:
@@ -151,10 +151,12 @@ diagnosis:
   type: dict
   contains:
     last_probe:
-      description: The last readiness probe, for example C(GET /health: 503 (SGLang is starting or warming up)).
+      description: The last readiness probe, for example C(GET /health -> no answer (connection refused)).
       type: str
     container:
-      description: C(docker inspect) state of O(container_name) (status, running, exit_code, oom_killed, error, restart_count, started_at, finished_at), or an error.
+      description:
+        - C(docker inspect) state of O(container_name) (status, running, exit_code, oom_killed, error,
+          restart_count, started_at, finished_at), or an error.
       type: dict
     last_log_lines:
       description: Last 30 lines of C(docker logs) of O(container_name), API keys masked.
@@ -163,6 +165,7 @@ diagnosis:
 """
 
 import json
+from http.client import HTTPException
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -233,7 +236,7 @@ def probe(params, docker=None):
 
     try:
         result["models"] = engine_http.list_models(url, key)
-        wanted = list(params["expect_models"]) + ([params["served_model_name"]] if params["served_model_name"] else [])
+        wanted = ([params["served_model_name"]] if params["served_model_name"] else []) + params["expect_models"]
         missing = [name for name in wanted if name not in result["models"]]
         if missing:
             return fail("/v1/models does not list %s; the server lists %s" % (missing, result["models"]), last_probe)
@@ -247,7 +250,7 @@ def probe(params, docker=None):
     except engine_http.EngineHttpError as exc:
         hint = " (check api_key)" if exc.status in (401, 403) else ""
         return fail("%s%s" % (exc, hint), last_probe)
-    except (OSError, ValueError) as exc:  # the server went away or answered garbage after it was ready
+    except (OSError, HTTPException, ValueError) as exc:  # it went away or answered garbage after it was ready
         return fail("%s stopped answering after it was ready: %s" % (engine, exc), last_probe)
     result["healthy"] = True
     return True, result, None

@@ -69,7 +69,7 @@ def test_timeout_reports_a_diagnosis_with_keys_masked(model):
     assert not ok and result["healthy"] is False
     assert "sglang at %s was not ready after" % server.url in msg
     diagnosis = result["diagnosis"]
-    assert "GET /health: no answer" in diagnosis["last_probe"]
+    assert "GET /health -> no answer" in diagnosis["last_probe"]
     assert diagnosis["container"]["status"] == "running"
     assert diagnosis["last_log_lines"] == ["server_args=ServerArgs(model_path='/m', api_key='********')",
                                            "Loading weights"]
@@ -104,14 +104,14 @@ def test_wrong_key_fails_clearly_without_echoing_it(model, engine):
         ok, result, msg = engine_health.probe(params(server.url, engine, api_key="not-the-key"))
     assert not ok
     assert msg == "/v1/models answered HTTP 401: Unauthorized (check api_key)"
-    assert result["diagnosis"]["last_probe"] == "GET /health: 200"
+    assert result["diagnosis"]["last_probe"] == "GET /health -> 200"
 
 
 def test_vllm_engine_dead_503_ends_the_wait(monkeypatch):
-    answers = iter([("waiting", "GET /health: no answer"), ("dead", "GET /health: 503 (vLLM reports its engine dead)")])
+    answers = iter([("waiting", "GET /health -> no answer"), ("dead", "GET /health -> 503 (vLLM reports its engine dead)")])
     monkeypatch.setattr(engine_http, "probe_health", lambda *a, **k: next(answers))
     ready, _, seen, stop = engine_http.wait_ready("http://x", "vllm", 60, 0, sleep=lambda s: None)
-    assert (ready, stop) == (False, "GET /health: 503 (vLLM reports its engine dead)")
+    assert (ready, stop) == (False, "GET /health -> 503 (vLLM reports its engine dead)")
 
 
 def test_redact_masks_keys_in_the_forms_engines_log():
@@ -124,11 +124,12 @@ def test_redact_masks_keys_in_the_forms_engines_log():
 def _ansible(tmp_path, url, api_key, *cli_args):
     """One ad-hoc run with the JSON callback; returns (rc, result of localhost)."""
     (tmp_path / "ansible.cfg").write_text("")  # keep the checkout's ansible.cfg and inventory out of it
-    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, "collections"),
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOCALHOST_WARNING="false",
+    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"),
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, "collections"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    argv = [ANSIBLE, "localhost", "-m", "gpufleet.serving.engine_health", "-a",
-            "url=%s engine=vllm served_model_name=qwen3 api_key=%s interval=0.2 timeout=20" % (url, api_key)] + list(cli_args)
+    module_args = "url=%s engine=vllm served_model_name=qwen3 api_key=%s interval=0.2 timeout=20" % (url, api_key)
+    argv = [ANSIBLE, "localhost", "-m", "gpufleet.serving.engine_health", "-a", module_args] + list(cli_args)
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert KEY not in done.stdout + done.stderr
     out = json.loads(done.stdout)

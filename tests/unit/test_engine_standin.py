@@ -30,7 +30,8 @@ def make_model(root, config=True, weights=True):
     os.makedirs(root, exist_ok=True)
     if config:
         with open(os.path.join(root, "config.json"), "w") as f:
-            json.dump({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "max_position_embeddings": 40960}, f)
+            json.dump({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+                       "max_position_embeddings": 40960}, f)
     if weights:
         open(os.path.join(root, "model.safetensors"), "w").close()
     return str(root)
@@ -249,8 +250,8 @@ def test_vllm_key_from_env_guards_only_v1_and_cli_key_wins(model):
     with StandIn("vllm", model, ["--api-key", "cli-key"], VLLM_API_KEY=KEY) as server:
         server.wait_ready()
         assert requests.get(server.url + "/v1/models", headers=bearer(), timeout=5).status_code == 401
-        ids = [c["id"] for c in requests.get(server.url + "/v1/models", headers=bearer("cli-key"), timeout=5).json()["data"]]
-        assert ids == [model]  # no --served-model-name: the model path
+        cards = requests.get(server.url + "/v1/models", headers=bearer("cli-key"), timeout=5).json()["data"]
+        assert [c["id"] for c in cards] == [model]  # no --served-model-name: the model path
 
 
 @pytest.mark.parametrize("engine", ["sglang", "vllm"])

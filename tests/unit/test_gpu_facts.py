@@ -137,8 +137,12 @@ def script(tmp_path, body):
 
 
 def run_main(capsys, **args):
-    with patch_module_args(args), pytest.raises(SystemExit) as done:
-        gpu_facts.main()
+    # Another test importing controller code (a filter plugin) flips ansible's is_controller flag, after
+    # which module warnings go to the controller's display instead of the result: run as a module does.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("ansible.module_utils._internal.is_controller", False)
+        with patch_module_args(args), pytest.raises(SystemExit) as done:
+            gpu_facts.main()
     return done.value.code, json.loads(capsys.readouterr().out)
 
 

@@ -95,7 +95,7 @@ def _choice(engine, kind, text, finish_reason, delta=None):
     return choice
 
 
-def _envelope(engine, kind, rid, model, created, stream):
+def _envelope(kind, rid, model, created, stream):
     obj = {"chat": "chat.completion", "completion": "text_completion"}[kind]
     if stream and kind == "chat":
         obj += ".chunk"
@@ -103,7 +103,7 @@ def _envelope(engine, kind, rid, model, created, stream):
 
 
 def full_response(engine, kind, rid, model, text, finish_reason, prompt_tokens, completion_tokens):
-    body = _envelope(engine, kind, rid, model, int(time.time()), stream=False)
+    body = _envelope(kind, rid, model, int(time.time()), stream=False)
     body["choices"] = [_choice(engine, kind, text, finish_reason)]
     body["usage"] = usage(engine, prompt_tokens, completion_tokens)
     if engine == "vllm":
@@ -115,7 +115,7 @@ def full_response(engine, kind, rid, model, text, finish_reason, prompt_tokens, 
 
 def stream_chunk(engine, kind, rid, model, created, text=None, finish_reason=None, role=False):
     """One SSE chunk. `role=True` is the opening chat chunk ({"role": "assistant", "content": ""})."""
-    body = _envelope(engine, kind, rid, model, created, stream=True)
+    body = _envelope(kind, rid, model, created, stream=True)
     delta = None
     if kind == "chat":
         delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
@@ -126,7 +126,7 @@ def stream_chunk(engine, kind, rid, model, created, text=None, finish_reason=Non
 
 def usage_chunk(engine, kind, rid, model, created, prompt_tokens, completion_tokens):
     """Sent before [DONE] when the request asks for stream_options.include_usage."""
-    body = _envelope(engine, kind, rid, model, created, stream=True)
+    body = _envelope(kind, rid, model, created, stream=True)
     body["choices"] = []
     body["usage"] = usage(engine, prompt_tokens, completion_tokens)
     return body

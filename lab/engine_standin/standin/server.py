@@ -54,8 +54,6 @@ def log(message, stream=sys.stdout):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "uvicorn"
-    sys_version = ""
 
     def log_message(self, *args):
         """Silenced: one uvicorn-style access line per request is written in _handle."""

@@ -1,0 +1,414 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: hf_model
+
+short_description: Fetch a pinned, verified Hugging Face model snapshot into a directory
+
+version_added: 0.1.0
+
+description:
+  - Resolves O(revision) (branch, tag or commit sha) of a Hugging Face model repo to a commit sha and makes
+    O(path) hold the selected files of that commit, verified against the Hub's metadata (size, and sha256
+    for LFS files or the git blob id for regular files).
+  - Completion is recorded in C(.gpufleet-snapshot.json) inside O(path), written last and atomically. A
+    directory without it, or whose files no longer match it, is never treated as complete.
+  - When O(path) is already complete for the resolved commit, the module sends exactly one metadata request
+    and downloads nothing.
+  - Files are downloaded with the C(huggingface_hub) client into C(.gpufleet-partial/) inside O(path),
+    verified, then moved into place. An interrupted download leaves no manifest; the next run keeps the
+    files that were complete, deletes the partial ones (the client cannot resume them across processes)
+    and completes.
+  - Files of the previous snapshot that are no longer selected are removed. Files the module never
+    recorded are left alone.
+  - The module only ever contacts O(endpoint) (client telemetry is switched off).
+
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Sends the one metadata request and reports the files and bytes that would be downloaded.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    description: When the state is already as requested, a second run changes nothing and downloads nothing.
+  platform:
+    platforms: posix
+
+options:
+  repo_id:
+    description:
+      - Model repo on the Hub, V(org/name).
+    type: str
+    required: true
+  revision:
+    description:
+      - Branch, tag or full commit sha. It is resolved to a commit sha, returned as RV(commit_sha).
+      - Pin a commit sha in production so that every host gets the same bytes.
+    type: str
+    default: main
+  path:
+    description:
+      - Local snapshot directory, for example V(/srv/models/qwen2-7b). Created when missing.
+      - Required when O(state=present).
+    type: path
+  state:
+    description:
+      - V(present) makes O(path) hold the verified snapshot.
+      - V(resolved) only resolves O(revision) to a commit sha and sizes the selected files (one metadata
+        request, nothing written). The preflight role uses it once per fleet so that every host fetches
+        the same commit even when a branch moves during a rollout.
+    type: str
+    choices: [present, resolved]
+    default: present
+  allow_patterns:
+    description:
+      - Only files matching at least one of these glob patterns are fetched (same semantics as
+        C(huggingface_hub.snapshot_download)).
+    type: list
+    elements: str
+  ignore_patterns:
+    description:
+      - Files matching any of these glob patterns are not fetched.
+    type: list
+    elements: str
+  endpoint:
+    description:
+      - Base URL of the Hub or of a Hub-compatible mirror (what C(HF_ENDPOINT) would be).
+    type: str
+    default: https://huggingface.co
+  token:
+    description:
+      - Hugging Face access token, needed for gated and private repos. Inventory variable
+        C(model_fetch_hf_token) in the C(model_fetch) role.
+      - Handed to the client in-process only (never a command line, environment or file).
+      - When unset, no token is sent; a token in C(HF_TOKEN) or a cached login on the host is deliberately
+        not used, so the inventory stays the only source of credentials.
+    type: str
+  verify:
+    description:
+      - Re-hash every file even when the manifest says the snapshot is complete. Corrupted files are
+        fetched again.
+      - Without it, files recorded in the manifest are trusted when their size is unchanged.
+    type: bool
+    default: false
+  min_free_bytes:
+    description:
+      - Bytes that must remain free on the filesystem of O(path) after the download. The module fails
+        before downloading anything when free space minus the bytes to download is below this.
+    type: int
+    default: 0
+  owner:
+    description:
+      - Owner of O(path) and of every snapshot file.
+    type: str
+  group:
+    description:
+      - Group of O(path) and of every snapshot file.
+    type: str
+  mode:
+    description:
+      - Mode of the directory O(path) (files keep the client's default mode).
+    type: raw
+
+requirements:
+  - huggingface_hub (tested with 2.4.0) on the managed host
+
+notes:
+  - Sizes and hashes come from O(endpoint). A mirror that lies about both cannot be detected.
+  - One run per O(path) at a time; concurrent runs on the same directory are not coordinated.
+
+author:
+  - gpufleet maintainers
+"""
+
+EXAMPLES = r"""
+---
+- name: Fetch a pinned model
+  gpufleet.serving.hf_model:
+    repo_id: Qwen/Qwen2.5-7B-Instruct
+    revision: a09a35458c702b33eeacc393d103063234e8bc28
+    path: /srv/models/qwen2.5-7b-instruct
+    allow_patterns: ["*.json", "*.safetensors", "tokenizer*"]
+    min_free_bytes: "{{ 20 * 1024**3 }}"
+    owner: root
+    group: root
+    mode: "0755"
+
+- name: Fetch a gated model from the lab mirror
+  gpufleet.serving.hf_model:
+    repo_id: gpufleet/tiny-qwen2-gated
+    revision: main
+    path: /srv/models/tiny-qwen2-gated
+    endpoint: http://172.28.10.1:8090
+    token: "{{ model_fetch_hf_token }}"
+
+- name: Re-hash everything (after a disk incident)
+  gpufleet.serving.hf_model:
+    repo_id: gpufleet/tiny-qwen2
+    revision: v1.0
+    path: /srv/models/tiny-qwen2
+    verify: true
+"""
+
+RETURN = r"""
+path:
+  description: The snapshot directory.
+  returned: when O(state=present)
+  type: str
+  sample: /srv/models/tiny-qwen2
+commit_sha:
+  description: The commit sha O(revision) resolved to.
+  returned: always
+  type: str
+  sample: 38f9117fe9090e70c2089b9fa8c25e5f960fb1fd
+revision:
+  description: The revision as requested.
+  returned: always
+  type: str
+  sample: v1.0
+bytes:
+  description: Total size of the selected files.
+  returned: always
+  type: int
+  sample: 3476000
+files:
+  description: Number of selected files.
+  returned: always
+  type: int
+  sample: 7
+gated:
+  description: Whether the repo is gated (needs a token).
+  returned: when O(state=resolved)
+  type: bool
+  sample: false
+downloaded_files:
+  description:
+    - Files this run had to fetch (in check mode, the files that would be). Files an interrupted run had
+      completed in its staging dir are re-verified and taken from there instead of the network.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: [model.safetensors]
+downloaded_bytes:
+  description: Bytes downloaded by this run (in check mode, the bytes that would be).
+  returned: when O(state=present)
+  type: int
+  sample: 3454840
+"""
+
+import os
+import shutil
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot
+
+try:
+    from huggingface_hub import HfApi, constants as hf_constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import disable_progress_bars, filter_repo_objects
+except ImportError:
+    HF_IMPORT_ERROR = traceback.format_exc()
+else:
+    HF_IMPORT_ERROR = None
+
+LIBRARY = "gpufleet.serving"
+TOKEN_HINT = "set the module option 'token' (inventory variable model_fetch_hf_token)"
+
+
+class HfModel:
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.repo_id, self.revision, self.path = p["repo_id"], p["revision"], p["path"]
+        self.endpoint = p["endpoint"].rstrip("/")
+        self.token = p["token"] or False  # False: never fall back to HF_TOKEN / cached logins
+
+    def fail(self, msg, **extra):
+        self.module.fail_json(msg=msg, repo_id=self.repo_id, revision=self.revision, path=self.path, **extra)
+
+    def describe(self, err):
+        where = f"{self.repo_id}@{self.revision} on {self.endpoint}"
+        if isinstance(err, GatedRepoError):  # before RepositoryNotFoundError: it is a subclass
+            if self.token:
+                return f"{where}: gated repo, and the token was not granted access to it"
+            return f"{where}: gated repo, a token with access is required: {TOKEN_HINT}"
+        if isinstance(err, RevisionNotFoundError):
+            return f"{where}: revision '{self.revision}' not found (no such branch, tag or commit)"
+        if isinstance(err, RepositoryNotFoundError):
+            return f"{where}: repository '{self.repo_id}' not found (or private, without access for this token)"
+        if isinstance(err, HfHubHTTPError) and err.response is not None:
+            status = err.response.status_code
+            if status == 401:
+                return f"{where}: the token was rejected (401 invalid credentials): {TOKEN_HINT} to a valid token"
+            if status == 403:
+                return f"{where}: the token has no access (403 forbidden)"
+            return f"{where}: HTTP {status} from the server"
+        return f"{where}: {type(err).__name__}: {err}"
+
+    def metadata(self):
+        api = HfApi(endpoint=self.endpoint, token=self.token, library_name=LIBRARY)
+        try:
+            info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
+        except Exception as err:  # every client error becomes one clear message
+            self.fail(self.describe(err), details=str(err))
+        if not info.sha or info.siblings is None or any(s.size is None or s.blob_id is None for s in info.siblings):
+            self.fail(f"{self.endpoint} returned no commit sha or no file sizes/ids for {self.repo_id}: "
+                      "is it a Hugging Face Hub-compatible endpoint?")
+        return info
+
+    def select(self, info):
+        p = self.module.params
+        names = set(filter_repo_objects([s.rfilename for s in info.siblings],
+                                        allow_patterns=p["allow_patterns"], ignore_patterns=p["ignore_patterns"]))
+        if not names:
+            self.fail(f"allow_patterns/ignore_patterns select none of the {len(info.siblings)} files of "
+                      f"{self.repo_id}@{info.sha}")
+        unsafe = [n for n in names if os.path.isabs(n) or ".." in n.split("/")]
+        if unsafe:
+            self.fail(f"{self.endpoint} listed file names outside the snapshot dir: {unsafe}")
+        return {n: e for n, e in hf_snapshot.expected_files(info.siblings).items() if n in names}
+
+    def check_disk(self, needed):
+        probe = self.path
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        # Leftovers of a killed run are deleted before downloading: their space counts as free.
+        free = shutil.disk_usage(probe).free + sum(hf_snapshot.orphaned_partials(self.path).values())
+        reserve = self.module.params["min_free_bytes"]
+        if free - needed < reserve:
+            self.fail(f"not enough disk space for {self.path}: {needed} bytes to download and min_free_bytes "
+                      f"{reserve} to keep free, but only {free} bytes free on the filesystem of {probe}",
+                      free_bytes=free, needed_bytes=needed)
+
+    def download(self, sha, staging, files):
+        try:
+            snapshot_download(
+                self.repo_id, revision=sha, local_dir=staging,
+                allow_patterns=[hf_snapshot.escape_pattern(f) for f in files],  # exactly the files to fetch
+                cache_dir=os.path.join(staging, ".hf-cache"),  # never read or write the host's shared HF cache
+                endpoint=self.endpoint, token=self.token, library_name=LIBRARY,
+            )
+        except Exception as err:  # completed files stay staged; the next run verifies and keeps them
+            self.fail(self.describe(err), details=str(err))
+
+    def prepare(self):
+        staging = os.path.join(self.path, hf_snapshot.STAGING)
+        try:
+            os.makedirs(staging, exist_ok=True)
+        except OSError as err:
+            self.fail(f"path {self.path} is not writable: {err}")
+        for partial in hf_snapshot.orphaned_partials(self.path):
+            os.unlink(partial)
+        return staging
+
+    def apply(self, sha, expected, state):
+        staging = self.prepare()
+        hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
+        if state["fetch"]:
+            self.download(sha, staging, state["fetch"])
+        records = dict(state["records"])
+        for rel in state["fetch"]:
+            staged = os.path.join(staging, rel)
+            sha256 = hf_snapshot.verify_file(staged, expected[rel])
+            if sha256 is None:
+                if os.path.exists(staged):
+                    os.unlink(staged)  # fetched again next run instead of being trusted
+                self.fail(f"{rel} from {self.endpoint} does not match the size/hash the Hub lists for "
+                          f"{self.repo_id}@{sha}")
+            records[rel] = {"size": expected[rel]["size"], "sha256": sha256, "blob_id": expected[rel]["blob_id"]}
+        for rel in state["fetch"]:
+            final = os.path.join(self.path, rel)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(os.path.join(staging, rel), final)
+        for rel in state["stale"]:
+            os.unlink(os.path.join(self.path, rel))
+        shutil.rmtree(staging)
+        p = self.module.params
+        hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
+            self.repo_id, self.revision, sha, records, p["allow_patterns"], p["ignore_patterns"]))
+
+    def set_attributes(self, expected, changed):
+        if not os.path.isdir(self.path):  # check mode before the first fetch
+            return changed
+        p = self.module.params
+        changed = self.module.set_mode_if_different(self.path, p["mode"], changed)
+        if p["owner"] is None and p["group"] is None:
+            return changed
+        paths = [self.path, os.path.join(self.path, hf_snapshot.MANIFEST)]
+        paths += [os.path.join(self.path, rel) for rel in expected]
+        for path in paths:
+            if os.path.lexists(path):
+                changed = self.module.set_owner_if_different(path, p["owner"], changed)
+                changed = self.module.set_group_if_different(path, p["group"], changed)
+        return changed
+
+    def run(self):
+        info = self.metadata()
+        sha = info.sha
+        expected = self.select(info)
+        if self.module.params["state"] == "resolved":
+            self.module.exit_json(changed=False, commit_sha=sha, revision=self.revision, gated=bool(info.gated),
+                                  bytes=sum(e["size"] for e in expected.values()), files=len(expected))
+        state = hf_snapshot.plan(self.path, expected, sha, deep=self.module.params["verify"])
+        fetch_bytes = sum(expected[rel]["size"] for rel in state["fetch"])
+        if state["fetch"] and info.gated and not self.token:
+            self.fail(f"{self.repo_id} is a gated repo and {len(state['fetch'])} file(s) must be downloaded: "
+                      f"{TOKEN_HINT}")
+        if fetch_bytes:
+            self.check_disk(fetch_bytes)
+        changed = not state["complete"]
+        if changed and not self.module.check_mode:
+            try:
+                self.apply(sha, expected, state)
+            except OSError as err:
+                self.fail(f"writing the snapshot into {self.path} failed: {err}")
+        changed = self.set_attributes(expected, changed)
+        self.module.exit_json(
+            changed=changed, path=self.path, commit_sha=sha, revision=self.revision,
+            bytes=sum(e["size"] for e in expected.values()), files=len(expected),
+            downloaded_files=state["fetch"], downloaded_bytes=fetch_bytes,
+        )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            repo_id=dict(type="str", required=True),
+            revision=dict(type="str", default="main"),
+            path=dict(type="path"),
+            state=dict(type="str", choices=["present", "resolved"], default="present"),
+            allow_patterns=dict(type="list", elements="str"),
+            ignore_patterns=dict(type="list", elements="str"),
+            endpoint=dict(type="str", default="https://huggingface.co"),
+            token=dict(type="str", no_log=True),
+            verify=dict(type="bool", default=False),
+            min_free_bytes=dict(type="int", default=0),
+            owner=dict(type="str"),
+            group=dict(type="str"),
+            mode=dict(type="raw"),
+        ),
+        required_if=[("state", "present", ["path"])],
+        supports_check_mode=True,
+    )
+    if HF_IMPORT_ERROR:
+        module.fail_json(msg=missing_required_lib("huggingface_hub"), exception=HF_IMPORT_ERROR)
+    # The agent-detection telemetry would call the *public* Hub (HF_ENDPOINT, not `endpoint`) and wait
+    # up to 3 s on air-gapped hosts; progress bars would only pollute the module's stderr.
+    hf_constants.HF_HUB_DISABLE_TELEMETRY = True
+    disable_progress_bars()
+    HfModel(module).run()
+
+
+if __name__ == "__main__":
+    main()
