@@ -37,6 +37,10 @@ What runs, per engine (the same calls the engines' own launchers make, minus the
     (config.cache.is_known_kv_cache_dtype), --quantization (QUANTIZATION_METHODS, as
     ModelConfig._verify_quantization) and the --speculative-config method (SpeculativeMethod).
 
+Speed-up, not a stub: SGLang's ServerArgs.add_cli_args is wrapped so that prepare_server_args reuses
+the actions of one parser built by the real add_cli_args instead of rebuilding 532 options per
+call (guarded: see class SGLang; GPUFLEET_REAL_PARSERS_NO_TEMPLATE=1 turns it off).
+
 Stubs: NONE. Every import is the real package (triton included: sglang.srt.utils.common imports it
 at module level; the CPU wheel imports fine without a GPU). The only environment settings are
 VLLM_TARGET_DEVICE=cpu (vLLM's platform detection otherwise finds no CUDA/ROCm/XPU/TPU and raises
@@ -142,7 +146,30 @@ def _argparse_message(text, code):
 # ------------------------------------------------------------------------------------------------
 # SGLang
 # ------------------------------------------------------------------------------------------------
+def _parser_signature(parser):
+    """Everything about a parser's options that parsing depends on."""
+    def plain(value):
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return value
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [plain(v) for v in (sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value)]
+        return getattr(value, "__qualname__", None) or repr(value)
+    actions = [(type(a).__name__, a.option_strings, a.dest, plain(a.nargs), plain(a.const), plain(a.default),
+                plain(a.type), plain(a.choices), a.required) for a in parser._actions]
+    groups = [[a.dest for a in g._group_actions] for g in parser._mutually_exclusive_groups]
+    return json.dumps([actions, groups, plain(parser._defaults), parser.allow_abbrev, parser.prefix_chars],
+                      sort_keys=True, default=repr)
+
+
 class SGLang:
+    """prepare_server_args builds a fresh 532-option parser on every call (~25 ms, most of the
+    time of a check). To keep the real call path but not its cost, ServerArgs.add_cli_args is
+    wrapped: when handed the fresh parser of prepare_server_args it copies in the actions of one
+    parser built once by the REAL add_cli_args (argparse's own `parents=` mechanism,
+    _add_container_actions). The wrapper is installed only if a parser made that way has exactly
+    the options, defaults, choices, types and groups of one built by add_cli_args itself; set
+    GPUFLEET_REAL_PARSERS_NO_TEMPLATE=1 to skip it."""
+
     def __init__(self):
         import sglang
         from sglang.srt import server_args
@@ -150,10 +177,38 @@ class SGLang:
         self.version = getattr(sglang, "__version__", None)
         self.module = server_args
         self.prepare_server_args = server_args.prepare_server_args
+        self.real_add_cli_args = server_args.ServerArgs.add_cli_args
+        self.template = None
+        if not os.environ.get("GPUFLEET_REAL_PARSERS_NO_TEMPLATE"):
+            self._install_template()
+
+    def _install_template(self):
+        template = argparse.ArgumentParser(prog="sglang serve", add_help=False)
+        self.real_add_cli_args(template)
+
+        def from_template(parser):
+            parser._add_container_actions(template)
+            parser._defaults.update(template._defaults)
+
+        fast = argparse.ArgumentParser(prog="sglang serve")
+        from_template(fast)
+        if _parser_signature(fast) != _parser_signature(self.parser()):
+            print("real_parsers: template parser differs from add_cli_args; using the slow path", file=sys.stderr)
+            return
+        real = self.real_add_cli_args
+
+        def add_cli_args(parser):
+            if [a.dest for a in parser._actions] == ["help"] and parser.prog == "sglang serve":
+                from_template(parser)
+            else:
+                real(parser)
+
+        self.module.ServerArgs.add_cli_args = staticmethod(add_cli_args)
+        self.template = template
 
     def parser(self):
         parser = argparse.ArgumentParser(prog="sglang serve")
-        self.module.ServerArgs.add_cli_args(parser)
+        self.real_add_cli_args(parser)
         return parser
 
     def check(self, args):

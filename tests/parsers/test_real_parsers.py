@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -220,13 +221,14 @@ def _runnable(args, config_file):
 
 def _run_checker(requests):
     """One real_parsers.py process over `requests` (JSON strings); its answers in order."""
+    started = time.monotonic()
     proc = subprocess.run([VENV_PYTHON, CHECKER], input="\n".join(requests) + "\n", cwd=ROOT,
                           capture_output=True, text=True, timeout=1800, check=False)
     lines = proc.stdout.splitlines()
     if proc.returncode != 0 or len(lines) != len(requests):
-        return None, "real_parsers.py exited %s with %d of %d answers; stderr tail:\n%s" % (
+        return None, "FAILED: real_parsers.py exited %s with %d of %d answers; stderr tail:\n%s" % (
             proc.returncode, len(lines), len(requests), proc.stderr[-4000:])
-    return [json.loads(line) for line in lines], None
+    return [json.loads(line) for line in lines], "%d requests in %.1fs" % (len(requests), time.monotonic() - started)
 
 
 class RealParsers:
@@ -240,11 +242,12 @@ class RealParsers:
             groups[request.get("engine", "sglang")].append(json.dumps(request, sort_keys=True))
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups)) as pool:
             results = dict(zip(groups, pool.map(_run_checker, groups.values())))
-        self.answers = {}
-        for engine, (answers, problem) in results.items():
-            if problem:
-                pytest.fail("%s: %s" % (engine, problem), pytrace=False)
+        self.answers, self.timings = {}, {}
+        for engine, (answers, note) in results.items():
+            if answers is None:
+                pytest.fail("%s: %s" % (engine, note), pytrace=False)
             self.answers.update(zip(groups[engine], answers))
+            self.timings[engine] = note
 
     def __getitem__(self, request):
         return self.answers[json.dumps(request, sort_keys=True)]
@@ -327,7 +330,7 @@ def test_every_generated_plan_parses_with_the_real_parsers(real, matrix):
             abbreviated.append("%s: %s" % (context, verdict["abbreviations"]))
     summary = ("%d plans (%s), %d distinct argvs, %d combinations refused by the planner (%s)"
                % (len(plans), dict(produced), len(distinct), sum(refused.values()), dict(refused)))
-    print("\nreal-parser check: " + summary)
+    print("\nreal-parser check: %s; real_parsers.py: %s" % (summary, real.timings))
     assert not failures, "%d plan(s) rejected by the real parsers; %s\n%s" % (
         len(failures), summary, "\n".join(failures[:20]))
     assert not abbreviated, "plans relying on argparse prefix matching:\n" + "\n".join(abbreviated[:20])

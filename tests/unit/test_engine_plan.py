@@ -286,7 +286,8 @@ def test_container_options():
 
 def test_api_key_never_reaches_argv():
     v = plan(engine="vllm", api_key=True)
-    assert v["secrets"] == {"api_key": {"env": "VLLM_API_KEY"}} and "--api-key" not in v["args"]
+    assert v["secrets"] == {"api_key": {"file": "/run/gpufleet/vllm-secrets.yaml", "key": "api-key"}}
+    assert "--api-key" not in v["args"] and v["args"][-2:] == ["--config", "/run/gpufleet/vllm-secrets.yaml"]
     s = plan(api_key=True)
     assert "--api-key" not in s["args"]
     assert option(s, "--config") == s["secrets"]["api_key"]["file"]

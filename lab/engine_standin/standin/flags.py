@@ -18,7 +18,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def flags_dir():
-    return os.environ.get("STANDIN_FLAGS_DIR") or os.path.join(os.path.dirname(_HERE), "engine_flags")
+    """In the image, engine_flags/ beside the package (lab/labctl.py copies data/engine_flags there);
+    in a checkout, the collection's data/engine_flags."""
+    if os.environ.get("STANDIN_FLAGS_DIR"):
+        return os.environ["STANDIN_FLAGS_DIR"]
+    beside = os.path.join(os.path.dirname(_HERE), "engine_flags")
+    return beside if os.path.isdir(beside) else os.path.join(_HERE, "..", "..", "..", "data", "engine_flags")
 
 
 def load_dump(engine, version):

@@ -3,6 +3,7 @@
 Exit codes follow the real engines: 2 for a command line argparse refuses, 1 for a model
 the loader cannot use.
 """
+import json
 import os
 import sys
 
@@ -24,7 +25,38 @@ def _parse(engine, argv, prog):
         log(f"[standin] no flag dump for {engine} {version} in {flags.flags_dir()}", sys.stderr)
         raise SystemExit(1) from None
     parser = flags.build_parser(entries, prog, positional_model="model_tag" if engine == "vllm" else None)
-    return version, parser, parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        # Both engines turn a --config YAML file into command-line options that the command line
+        # itself overrides (SGLang server_args_config_parser.py, vLLM FlexibleArgumentParser).
+        # Like vLLM's _pull_args_from_config: a leading positional model stays first, so an nargs='+'
+        # option from the file (--api-key) cannot swallow it.
+        lead = argv[:1] if argv and not argv[0].startswith("-") else []
+        args = parser.parse_args(lead + _config_file_argv(args.config) + argv[len(lead):])
+    return version, parser, args
+
+
+def _config_file_argv(path):
+    """Options from a flat `key: value` YAML file (JSON is YAML too); the stand-in has no YAML library."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        log(f"error: cannot read config file {path}: {exc.strerror}", sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        items = json.loads(text)
+    except ValueError:
+        items = dict(line.split(":", 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        items = {k.strip(): v.strip().strip("'\"") for k, v in items.items()}
+    argv = []
+    for key, value in items.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, str(value)]
+    return argv
 
 
 def _config(engine, version, parser, args):
