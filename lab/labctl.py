@@ -23,14 +23,16 @@ REPO_ROOT = os.path.dirname(LAB_DIR)
 CACHE = os.environ.get("GPUFLEET_CACHE", os.path.join(REPO_ROOT, ".cache"))
 STATE = os.path.join(CACHE, "lab")
 SSH_KEY = os.path.join(STATE, "ssh", "id_ed25519")
-HF_STATE = os.path.join(STATE, "hf")
 IMAGES_DIR = os.path.join(STATE, "images")
+DEFAULT_FLEET = os.path.join(LAB_DIR, "fleet.yml")
+# GPU profile -> inventory group, for the inventories labctl writes for extra fleets.
+PROFILE_GROUPS = {"rtx4000": "turing", "rtx5090": "blackwell", "l40s": "l40s", "l40sx2": "l40s",
+                  "h100-80gb-hbm3": "hopper", "h100x8": "hopper"}
 
 BASE_IMAGE = "gpufleet/debian-base:bookworm"
 HOST_IMAGE = "gpufleet/lab-host:bookworm"
 STANDIN_IMAGE = "gpufleet/engine-standin:0.1.0"
 STANDIN_ARCHIVE_IN_HOST = "/opt/gpufleet-lab/images/engine-standin.tar"
-CONTAINER_PREFIX = "gpufleet-lab-"
 HF_CLIENT_PIN = "huggingface_hub==2.4.0"
 
 # systemd as PID 1 and a nested dockerd, without --privileged (which fails on this machine kind).
@@ -55,9 +57,15 @@ def sh(*cmd, check=True, capture=True, **kw):
     return res
 
 
-def load_fleet():
-    with open(os.path.join(LAB_DIR, "fleet.yml")) as f:
+def load_fleet(path=DEFAULT_FLEET):
+    """A fleet file (lab/fleet.yml is the built-in lab). Extra fleets (tests, benchmarks) name
+    themselves, so several can run side by side on their own networks and state dirs."""
+    with open(path) as f:
         fleet = yaml.safe_load(f)
+    fleet.setdefault("name", "lab")
+    fleet.setdefault("prefix", "gpufleet-%s-" % fleet["name"])
+    fleet["state"] = STATE if fleet["name"] == "lab" else os.path.join(STATE, "fleets", fleet["name"])
+    fleet["hf_state"] = os.path.join(fleet["state"], "hf")
     return fleet
 
 
@@ -177,8 +185,9 @@ def container_state(name):
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def start_host(name, spec, net):
-    cname = CONTAINER_PREFIX + name
+def start_host(fleet, name, spec):
+    net = fleet["network"]
+    cname = fleet["prefix"] + name
     state = container_state(cname)
     if state == "running":
         return False
@@ -188,7 +197,7 @@ def start_host(name, spec, net):
     log(f"starting host {name} ({spec['gpu']}, {spec['ip']})")
     sh("docker", "run", "-d", "--name", cname, "--hostname", name,
        "--network", net["name"], "--ip", spec["ip"],
-       "--label", "gpufleet.lab=1",
+       "--label", "gpufleet.lab=" + fleet["name"],
        "-v", f"{cname}-docker:/var/lib/docker", *HOST_RUN_OPTIONS, HOST_IMAGE)
     return True
 
@@ -218,15 +227,15 @@ def copy_if_changed(src, cname, dest, mode="0644"):
         dexec(cname, f"chmod {mode} {dest}")
 
 
-def provision_host(name, spec, pubkey, archive):
+def provision_host(fleet, name, spec, pubkey, archive):
     """What a real host would already have: our key, a GPU (here simulated), and the engine image archive."""
-    cname = CONTAINER_PREFIX + name
+    cname = fleet["prefix"] + name
     wait_running(cname)
     dexec(cname, f"grep -qxF '{pubkey.strip()}' /root/.ssh/authorized_keys 2>/dev/null || "
                  f"echo '{pubkey.strip()}' >> /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys")
     # The GPU captures and the fake nvidia-smi are copied, not bind-mounted, so a test can take the GPU
     # away (rm /usr/bin/nvidia-smi) the way a host without a driver looks.
-    gpus_tar = os.path.join(STATE, "gpus.tar")
+    gpus_tar = os.path.join(STATE, "gpus.tar")  # shared by every fleet
     sh("tar", "-C", os.path.join(LAB_DIR, "gpus"), "-cf", gpus_tar, ".")
     copy_if_changed(gpus_tar, cname, "/usr/share/gpufleet-lab/gpus.tar")
     dexec(cname, "mkdir -p /usr/share/gpufleet-lab/gpus && tar -C /usr/share/gpufleet-lab/gpus -xf /usr/share/gpufleet-lab/gpus.tar")
@@ -256,36 +265,36 @@ def hf_server_running(host, port):
         return False
 
 
-def ensure_hf_server(net, port):
-    host = net["gateway"]
-    os.makedirs(HF_STATE, exist_ok=True)
+def ensure_hf_server(fleet):
+    host, port, hf_state = fleet["network"]["gateway"], fleet["hf_server"]["port"], fleet["hf_state"]
+    os.makedirs(hf_state, exist_ok=True)
     if hf_server_running(host, port):
         return
-    sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", HF_STATE)
-    token_file = os.path.join(HF_STATE, "gated-token")
+    sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", hf_state)
+    token_file = os.path.join(hf_state, "gated-token")
     if not os.path.exists(token_file):
         # The token the lab's gated repo accepts; tests read it from here, nothing prints it.
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, ("hf_lab_" + secrets.token_hex(16) + "\n").encode())
         os.close(fd)
     log(f"starting the local Hugging Face server on {host}:{port}")
-    with open(os.path.join(HF_STATE, "server.log"), "ab") as out:
+    with open(os.path.join(hf_state, "server.log"), "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(LAB_DIR, "hf", "serve.py"), "--root", HF_STATE,
-             "--host", host, "--port", str(port), "--access-log", os.path.join(HF_STATE, "access.log"),
+            [sys.executable, os.path.join(LAB_DIR, "hf", "serve.py"), "--root", hf_state,
+             "--host", host, "--port", str(port), "--access-log", os.path.join(hf_state, "access.log"),
              "--gated-token-file", token_file],
             stdout=out, stderr=out, start_new_session=True)
-    with open(os.path.join(HF_STATE, "server.pid"), "w") as f:
+    with open(os.path.join(hf_state, "server.pid"), "w") as f:
         f.write(str(proc.pid))
     for _ in range(50):
         if hf_server_running(host, port):
             return
         time.sleep(0.2)
-    raise SystemExit(f"the Hugging Face server did not start; see {HF_STATE}/server.log")
+    raise SystemExit(f"the Hugging Face server did not start; see {hf_state}/server.log")
 
 
-def stop_hf_server():
-    pidfile = os.path.join(HF_STATE, "server.pid")
+def stop_hf_server(fleet):
+    pidfile = os.path.join(fleet["hf_state"], "server.pid")
     if os.path.exists(pidfile):
         try:
             os.kill(int(open(pidfile).read()), 15)
@@ -296,9 +305,28 @@ def stop_hf_server():
 
 # --- Commands --------------------------------------------------------------------------------------
 
+def write_inventory(fleet):
+    """An inventory for an extra fleet, reusing the lab's group_vars; host vars carry what differs."""
+    inv_dir = os.path.join(fleet["state"], "inventory")
+    os.makedirs(inv_dir, exist_ok=True)
+    link = os.path.join(inv_dir, "group_vars")
+    if not os.path.islink(link):
+        os.symlink(os.path.join(REPO_ROOT, "inventories", "lab", "group_vars"), link)
+    endpoint = "http://%s:%s" % (fleet["network"]["gateway"], fleet["hf_server"]["port"])
+    groups = {}
+    for name, spec in fleet["hosts"].items():
+        group = spec.get("group") or PROFILE_GROUPS[spec["gpu"]]
+        groups.setdefault(group, {"hosts": {}})["hosts"][name] = {
+            "ansible_host": spec["ip"], "ansible_ssh_private_key_file": SSH_KEY,
+            "model_fetch_hf_endpoint": endpoint}
+    with open(os.path.join(inv_dir, "hosts.yml"), "w") as f:
+        yaml.safe_dump({"all": {"children": {"gpu_hosts": {"children": groups}}}}, f, sort_keys=False)
+    return inv_dir
+
+
 def cmd_up(args):
     started = time.time()
-    fleet = load_fleet()
+    fleet = load_fleet(args.fleet)
     ensure_docker()
     archive = build_images()
     pubkey = ensure_ssh_key()
@@ -306,40 +334,42 @@ def cmd_up(args):
     ensure_network(net)
     hosts = fleet["hosts"]
     for name, spec in hosts.items():
-        start_host(name, spec, net)
+        start_host(fleet, name, spec)
     for name, spec in hosts.items():
-        provision_host(name, spec, pubkey, archive)
+        provision_host(fleet, name, spec, pubkey, archive)
     for spec in hosts.values():
         wait_ssh(spec["ip"])
-    ensure_hf_server(net, fleet["hf_server"]["port"])
-    log(f"lab is up: {len(hosts)} hosts, HF server http://{net['gateway']}:{fleet['hf_server']['port']} "
-        f"({time.time() - started:.0f}s)")
+    ensure_hf_server(fleet)
+    inventory = "inventories/lab" if fleet["name"] == "lab" else write_inventory(fleet)
+    log(f"{fleet['name']} is up: {len(hosts)} hosts, HF server http://{net['gateway']}:{fleet['hf_server']['port']}, "
+        f"inventory {inventory} ({time.time() - started:.0f}s)")
 
 
 def cmd_down(args):
-    fleet = load_fleet()
-    stop_hf_server()
-    names = sh("docker", "ps", "-aq", "--filter", "label=gpufleet.lab=1", check=False).stdout.split()
+    fleet = load_fleet(args.fleet)
+    stop_hf_server(fleet)
+    names = sh("docker", "ps", "-aq", "--filter", "label=gpufleet.lab=" + fleet["name"], check=False).stdout.split()
     if names:
         sh("docker", "rm", "-f", *names)
-    vols = sh("docker", "volume", "ls", "-q", "--filter", f"name={CONTAINER_PREFIX}", check=False).stdout.split()
+    vols = sh("docker", "volume", "ls", "-q", "--filter", "name=" + fleet["prefix"], check=False).stdout.split()
     if vols:
         sh("docker", "volume", "rm", "-f", *vols)
     sh("docker", "network", "rm", fleet["network"]["name"], check=False)
-    log("lab is down (images and caches kept)")
+    log(f"{fleet['name']} is down (images and caches kept)")
 
 
 def cmd_status(args):
-    fleet = load_fleet()
+    fleet = load_fleet(args.fleet)
     for name in fleet["hosts"]:
-        print(f"{name:14} {container_state(CONTAINER_PREFIX + name) or 'absent'}")
-    port = fleet["hf_server"]["port"]
-    print(f"{'hf-server':14} {'running' if hf_server_running(fleet['network']['gateway'], port) else 'stopped'}")
+        print(f"{name:14} {container_state(fleet['prefix'] + name) or 'absent'}")
+    running = hf_server_running(fleet["network"]["gateway"], fleet["hf_server"]["port"])
+    print(f"{'hf-server':14} {'running' if running else 'stopped'}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--fleet", default=DEFAULT_FLEET, help="fleet file (default: the built-in lab, lab/fleet.yml)")
     args = parser.parse_args()
     {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.command](args)
 

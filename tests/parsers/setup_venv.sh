@@ -23,7 +23,8 @@ if [ "$pyver" != "3.11" ]; then
     echo "setup_venv: need Python 3.11 (the pins are cp311 wheels), $python is $pyver" >&2
     exit 1
 fi
-want="$(cat "$requirements" "$here/setup_venv.sh" | sha256sum | cut -d' ' -f1)-py$("$python" -c 'import platform; print(platform.python_version())')"
+pyfull="$("$python" -c 'import platform; print(platform.python_version())')"
+want="$(cat "$requirements" "$here/setup_venv.sh" | sha256sum | cut -d' ' -f1)-py$pyfull"
 
 mkdir -p "$root/.cache"
 exec 9>"$root/.cache/venv-parsers.lock"
@@ -43,7 +44,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 "$venv/bin/python" -m pip install -qq --no-deps --no-compile -r "$requirements"
 echo "setup_venv: installed $(wc -l < <(grep -Ev '^\s*(#|$)' "$requirements")) pinned packages ($(elapsed)s)"
 
-torch_build="$("$venv/bin/python" -c 'import torch; print(torch.__version__, "cuda" if torch.version.cuda else "cpu")' 2>/dev/null)"
+torch_build="$("$venv/bin/python" -c \
+    'import torch; print(torch.__version__, "CUDA build" if torch.version.cuda else "CPU build")' 2>/dev/null)"
 echo "setup_venv: torch $torch_build"
 
 # The venv is only good if both real parsers build and give the expected verdicts.

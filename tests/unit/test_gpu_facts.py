@@ -171,3 +171,29 @@ def test_main_topo_failure_is_a_warning(tmp_path, capsys):
     code, result = run_main(capsys, nvidia_smi_path=path)
     assert code == 0 and facts(result)["count"] == 2 and facts(result)["nvlink"] is False
     assert "topo -m failed (rc=3)" in json.dumps(result["warnings"])
+
+
+def test_planner_on_the_real_h100_matches_what_it_printed_there():
+    """tests/fixtures/real_h100/plans.json came from plan_on_host.py on a real H100 (driver 580.159.04):
+    the planner, fed those real facts here, must make the same plans."""
+    fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "real_h100")
+    with open(os.path.join(fixture, "plans.json")) as f:
+        recorded = json.load(f)
+    facts = recorded["gpufleet_gpu"]
+    assert (facts["driver_version"], facts["compute_capability"], facts["kernel_module"]) == ("580.159.04", "9.0", "open")
+    sglang = recorded["plans"]["sglang/Qwen3-14B"]["argv"]
+    assert sglang[sglang.index("--attention-backend") + 1] == "fa3"
+    assert sglang[sglang.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+    sys.path.insert(0, fixture)
+    try:
+        import plan_on_host
+    finally:
+        sys.path.remove(fixture)
+    from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import build_plan
+    for key, want in recorded["plans"].items():
+        engine, name = key.split("/")
+        with open(os.path.join(fixture, "..", "models", name, "config.json")) as f:
+            model = {"repo_id": "Qwen/" + name, "path": "/models/model", "host_path": "/srv/models/" + name,
+                     "served_name": name.lower(), "config": json.load(f), "weights_bytes": plan_on_host.MODELS[name]}
+        got = build_plan(facts, engine, model, host=want.get("host", "vm"))
+        assert got["argv"] == want["argv"], key
