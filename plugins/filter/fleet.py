@@ -1,7 +1,16 @@
-"""Filters that look across the hosts of a play; they run once, on the controller.
+"""Filters that look across the hosts of a play; they run once, on the controller. Also the engine
+role's per-host bookkeeping: its instance planner (engine_instances, which needs the controller's
+knowledge table), what it keeps for a rollback (engine_rollback_plan) and its rollout record
+(engine_rollout_record, read by fleet_summary).
 
-Documentation: the sidecar files fleet_models.yml, model_key.yml and fleet_summary.yml.
+Documentation: the sidecar files fleet_models.yml, model_key.yml, fleet_summary.yml,
+prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml and engine_rollout_record.yml.
 """
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError
+from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError
 
 
 def model_key(repo_id, revision, endpoint):
@@ -14,7 +23,7 @@ def fleet_models(hostvars, hosts):
     for host in hosts:
         hv = hostvars[host]
         repo_id = hv.get("model_fetch_repo_id")
-        if not repo_id:
+        if not repo_id or hv.get("model_fetch_offline"):  # offline: no endpoint is ever contacted
             continue
         revision = hv.get("model_fetch_revision") or "main"
         endpoint = hv.get("model_fetch_hf_endpoint") or None
@@ -31,14 +40,58 @@ def _gpu_label(gpu):
     return f"{len(gpus)}x {gpus[0]['name']}"
 
 
-def fleet_summary(hostvars, hosts):
-    """Rows of host | GPU | engine | model@sha | health | time to healthy, as aligned text lines."""
-    rows = [("host", "gpu", "engine", "model", "revision", "health", "ready_s", "ttft_ms", "tok/s")]
+def _release(container):
+    """'sglang-0.5.23@0bd5fd24e3dc' from a container's labels (engine role), 'none' without one.
+
+    No single spaces: the YAML callback folds long lines at single spaces, breaking the table.
+    """
+    if not container:
+        return "none"
+    labels = container.get("labels") or {}
+    if not labels.get("gpufleet.engine"):
+        return container.get("image") or "unknown"
+    sha = (labels.get("gpufleet.model_sha") or "")[:12]
+    return "%s-%s%s" % (labels["gpufleet.engine"], labels.get("gpufleet.engine_version", ""), "@" + sha if sha else "")
+
+
+def _releases(instances):
+    """Per instance 'before->after', or one release when nothing moved; instances joined by ','."""
+    seen = []
+    for instance in instances:
+        before, after = _release(instance.get("before")), _release(instance.get("after"))
+        text = after if before == after else "%s->%s" % (before, after)
+        if text not in seen:
+            seen.append(text)
+    return ",".join(seen) or "-"
+
+
+def _rollout_status(rollout, lost):
+    if rollout.get("cause"):
+        return "ROLLED-BACK" if rollout.get("rolled_back") else "FAILED"
+    if lost:
+        return "UNREACHABLE/FAILED"
+    if not rollout:
+        return "-"
+    return "updated" if any(i.get("replaced") for i in rollout.get("instances") or []) else "unchanged"
+
+
+def fleet_summary(hostvars, hosts, lost=None):
+    """Rows of host | GPU | engine | model@sha | health | time to healthy | release | rollout, as aligned text lines.
+
+    `lost`: hosts the play lost (unreachable or failed); the rollout column says so. After the table,
+    one line per host whose rollout failed, with the cause.
+    """
+    lost = set(lost or ())
+    rows = [("host", "gpu", "engine", "model", "revision", "health", "ready_s", "ttft_ms", "tok/s",
+             "before->after", "rollout")]
+    causes = []
     for host in hosts:
         hv = hostvars[host]
         plan = hv.get("engine_plan") or {}
         health = hv.get("engine_health_result") or {}
         fetched = hv.get("model_fetch_result") or {}
+        rollout = hv.get("engine_rollout") or {}
+        instances = rollout.get("instances") or []
         rows.append((
             host,
             _gpu_label(hv.get("gpufleet_gpu") or {}),
@@ -49,15 +102,61 @@ def fleet_summary(hostvars, hosts):
             _fmt(health.get("time_to_healthy_s")),
             _fmt(health.get("ttft_ms")),
             _fmt(health.get("tokens_per_s")),
+            _releases(instances),
+            _rollout_status(rollout, host in lost),
         ))
+        if rollout.get("cause"):
+            causes.append(f"{host}: {rollout['cause']}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    table = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return table + causes
 
 
 def _fmt(value):
     return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+def prometheus_file_sd(hostvars, hosts):
+    """Prometheus file_sd target groups: every engine instance (and DCGM exporter) of the hosts."""
+    groups = []
+    for host in hosts:
+        hv = hostvars[host]
+        address = hv.get("ansible_host") or host
+        model = (hv.get("gpufleet_model") or {}).get("repo_id") or hv.get("model_fetch_repo_id") or ""
+        for deployment in hv.get("engine_deployments") or []:
+            plan = deployment["plan"]
+            groups.append({"targets": [f"{address}:{deployment['port']}"],
+                           "labels": {"host": host, "engine": plan["engine"], "engine_version": plan["engine_version"],
+                                      "model": model, "gpu": deployment["gpu_label"],
+                                      "container": deployment["name"], "exporter": "engine"}})
+        dcgm = hv.get("dcgm_exporter_deployed")
+        if dcgm:
+            groups.append({"targets": [f"{address}:{dcgm['port']}"],
+                           "labels": {"host": host, "gpu": _gpu_label(hv.get("gpufleet_gpu") or {}),
+                                      "container": dcgm["name"], "exporter": "dcgm"}})
+    return groups
+
+
+def engine_instances(gpu_facts, instances=None, **kwargs):
+    """The engine role's deployments: one plan and container spec per instance (module_utils/engine_deploy)."""
+    try:
+        return engine_deploy.deployments(gpu_facts, instances, **kwargs)
+    except (PlanError, KnowledgeError) as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def engine_rollback_plan(containers, names, replaced):
+    """The engine role's containers to keep for rollback (module_utils/engine_deploy.rollback_plan)."""
+    return engine_deploy.rollback_plan(containers, list(names), list(replaced))
+
+
+def engine_rollout_record(before, after, names, replaced, restored=(), failure=None, healthy=None):
+    """The engine role's engine_rollout fact (module_utils/engine_deploy.rollout_record)."""
+    return engine_deploy.rollout_record(before, after, list(names), list(replaced), list(restored), failure, healthy)
+
+
 class FilterModule:
     def filters(self):
-        return {"fleet_models": fleet_models, "model_key": model_key, "fleet_summary": fleet_summary}
+        return {"fleet_models": fleet_models, "model_key": model_key, "fleet_summary": fleet_summary,
+                "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
+                "engine_rollback_plan": engine_rollback_plan, "engine_rollout_record": engine_rollout_record}

@@ -8,18 +8,27 @@ resolved commit and every selected file with size and sha256, and the files on d
 `expected` file lists come from the Hub's metadata (model_info(files_metadata=True)):
     {path: {"size": int, "blob_id": git blob sha1, "lfs_sha256": sha256 or None}}
 LFS files are checked against the Hub's sha256; regular (small) files against their git blob id.
+
+A manifest is also what a snapshot is *adopted* against, offline: its records (size, sha256, git blob id
+per file) are the expected files (checked by size and sha256), and `adoption_plan` says what a dir (plus the files delivered into its
+INCOMING dir) holds of them. A manifest vouches for the files of the dir it sits in only when it was
+written on the same host (`host`): one carried over from elsewhere is a claim to check, not a record.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 
 MANIFEST = ".gpufleet-snapshot.json"
 STAGING = ".gpufleet-partial"  # inside the snapshot dir: same filesystem even when the dir is a mount point
+INCOMING = ".gpufleet-incoming"  # inside the snapshot dir: files delivered by a fleet transfer, to adopt
 MANIFEST_FORMAT = 1
 _BLOCK = 4 * 1024 * 1024
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def expected_files(siblings):
@@ -104,8 +113,8 @@ def plan(snapshot_dir, expected, commit_sha, deep=False):
     return {"records": records, "fetch": fetch, "stale": stale, "complete": complete}
 
 
-def build_manifest(repo_id, revision, commit_sha, records, allow_patterns=None, ignore_patterns=None):
-    return {
+def build_manifest(repo_id, revision, commit_sha, records, allow_patterns=None, ignore_patterns=None, host=None):
+    manifest = {
         "format": MANIFEST_FORMAT,
         "repo_id": repo_id,
         "revision": revision,
@@ -115,6 +124,9 @@ def build_manifest(repo_id, revision, commit_sha, records, allow_patterns=None, 
         "bytes": sum(r["size"] for r in records.values()),
         "files": records,
     }
+    if host:
+        manifest["host"] = host  # where the files were verified (see adoption_plan)
+    return manifest
 
 
 def write_manifest(snapshot_dir, manifest):
@@ -169,3 +181,99 @@ def orphaned_partials(snapshot_dir):
 def escape_pattern(path):
     """An fnmatch pattern matching exactly `path` (for the client's allow_patterns)."""
     return "".join("[%s]" % c if c in "*?[" else c for c in path)
+
+
+# -- offline adoption ------------------------------------------------------------------------------
+
+
+def is_commit_sha(revision):
+    return bool(revision and _SHA.match(revision))
+
+
+def safe_relpath(rel):
+    return bool(rel) and not os.path.isabs(rel) and ".." not in rel.split("/")
+
+
+def manifest_problem(manifest):
+    """Why `manifest` cannot be adopted against (a string), or None when its shape is sound."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return "not a gpufleet snapshot manifest (format %d)" % MANIFEST_FORMAT
+    if not isinstance(manifest.get("repo_id"), str) or not is_commit_sha(manifest.get("commit_sha")):
+        return "it records no repo_id or no commit sha"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "it records no files"
+    for rel, record in sorted(files.items()):
+        if not safe_relpath(rel):
+            return "file name %r points outside the snapshot dir" % rel
+        if not (isinstance(record, dict) and isinstance(record.get("size"), int) and record["size"] >= 0
+                and _SHA256.match(str(record.get("sha256"))) and _SHA.match(str(record.get("blob_id")))):
+            return "the record of %s has no valid size, sha256 and blob_id" % rel
+    return None
+
+
+def verify_record(path, record):
+    """True when `path` has exactly the size and sha256 a manifest recorded. (The recorded blob id is the
+    Hub's: for an LFS file, the id of its pointer, so it says nothing about the bytes on disk.)"""
+    try:
+        if os.path.getsize(path) != record["size"]:
+            return False
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_BLOCK), b""):
+                digest.update(block)
+    except OSError:
+        return False
+    return digest.hexdigest() == record["sha256"]
+
+
+def adoption_plan(snapshot_dir, manifest, host, deep=False):
+    """What `snapshot_dir` (and its INCOMING dir) holds of the snapshot `manifest` describes.
+
+    Returns a dict:
+      take:     sorted paths delivered into INCOMING that match their record (to move into place)
+      rejected: sorted paths delivered into INCOMING that do not (to delete)
+      missing:  sorted paths neither INCOMING nor the dir provides verified
+      wrong:    the missing paths that are on disk in the dir, proven wrong
+      stale:    paths the dir's own manifest owned that `manifest` does not list (to delete)
+      complete: True when the dir already is this snapshot, recorded on this host, with no INCOMING dir
+    A file of the dir is trusted without hashing when the dir's manifest was written on `host` and
+    recorded the same file (size, sha256, blob id) with the size still matching; `deep` hashes all.
+    """
+    records = manifest["files"]
+    current = read_manifest(snapshot_dir) or {}
+    own = current.get("host") == host
+    recorded = (current.get("files") or {}) if own else {}
+    incoming = os.path.join(snapshot_dir, INCOMING)
+    take, rejected, missing, wrong = [], [], [], []
+    for rel, record in sorted(records.items()):
+        delivered = os.path.join(incoming, rel)
+        if os.path.lexists(delivered):
+            if verify_record(delivered, record):
+                take.append(rel)
+            else:
+                rejected.append(rel)
+                missing.append(rel)
+            continue
+        local = os.path.join(snapshot_dir, rel)
+        if not deep and recorded.get(rel) == record and _size_is(local, record["size"]):
+            continue
+        if verify_record(local, record):
+            continue
+        missing.append(rel)
+        if os.path.lexists(local):
+            wrong.append(rel)
+    owned = current.get("files") or {}
+    stale = sorted(p for p in owned if p not in records and os.path.lexists(os.path.join(snapshot_dir, p)))
+    complete = (own and not take and not missing and not stale and recorded == records
+                and not os.path.lexists(incoming)  # leftovers of an interrupted transfer are cleaned up
+                and (current.get("repo_id"), current.get("commit_sha")) == (manifest["repo_id"], manifest["commit_sha"]))
+    return {"take": take, "rejected": rejected, "missing": missing, "wrong": wrong, "stale": stale,
+            "complete": complete}
+
+
+def _size_is(path, size):
+    try:
+        return os.path.getsize(path) == size
+    except OSError:
+        return False

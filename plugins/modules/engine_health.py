@@ -19,8 +19,9 @@ description:
   - "Readiness: both engines load the model before their HTTP server listens, so a refused
     connection means still loading. SGLang answers C(/health) with 503 while it warms up, then 200.
     vLLM answers C(/health) with 200, or with 503 only when its engine died, which ends the wait at once."
-  - With O(container_name), the container is inspected on every probe. When it has exited the wait
-    stops at once, and any failure reports the container state, exit code and last log lines
+  - With O(container_name), the container is inspected on every probe. When it has exited (or its
+    restart policy is restarting it after a crash) the wait stops at once, the message ends with the
+    engine's last log line, and any failure reports the container state, exit code and last log lines
     (API keys masked) instead of a bare timeout.
   - Never changes anything on the host or the server.
 author:
@@ -172,7 +173,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.serving.plugins.module_utils import engine_http
 
 LOG_LINES = 30
-STOPPED_STATUSES = ("exited", "dead")
+# "restarting": the engine exited and the restart policy is between attempts; with the policy a
+# crashing engine may never be seen as exited, so waiting for it would last the whole timeout.
+STOPPED_STATUSES = ("exited", "dead", "restarting")
 
 
 class DockerCli(object):
@@ -217,11 +220,15 @@ def probe(params, docker=None):
     result = {"healthy": False, "time_to_healthy_s": None, "ttft_ms": None, "tokens_per_s": None,
               "models": [], "engine_version": None, "diagnosis": None}
 
-    def fail(msg, last_probe=None):
+    def fail(msg, last_probe=None, with_log=False):
         diagnosis = {"url": url, "last_probe": last_probe}
         if docker:
             diagnosis["container"] = docker.state()
             diagnosis["last_log_lines"] = [engine_http.redact(line, [key]) for line in docker.log_tail()]
+            # A stopped engine says why in its last words (argparse error, missing module, CUDA error).
+            last = [line.strip() for line in diagnosis["last_log_lines"] if line.strip()]
+            if with_log and last:
+                msg = "%s; last log line: %s" % (msg, last[-1])
         result["diagnosis"] = diagnosis
         return False, result, engine_http.redact(msg, [key])
 
@@ -229,7 +236,7 @@ def probe(params, docker=None):
         url, engine, params["timeout"], params["interval"], stop_check=(lambda: _stopped(docker)) if docker else None)
     if not ready:
         if stop:
-            return fail("%s stopped waiting after %.1fs: %s" % (engine, elapsed, stop), last_probe)
+            return fail("%s stopped waiting after %.1fs: %s" % (engine, elapsed, stop), last_probe, with_log=True)
         return fail("%s at %s was not ready after %.1fs; last probe: %s" % (engine, url, elapsed, last_probe),
                     last_probe)
     result["time_to_healthy_s"] = round(elapsed, 1)

@@ -26,6 +26,12 @@ description:
   - Files of the previous snapshot that are no longer selected are removed. Files the module never
     recorded are left alone.
   - The module only ever contacts O(endpoint) (client telemetry is switched off).
+  - O(state=adopted) contacts no endpoint at all and does not need C(huggingface_hub). It verifies O(path)
+    against a snapshot manifest (O(manifest), or the C(.gpufleet-snapshot.json) already in O(path)), taking
+    the files that were delivered into C(.gpufleet-incoming/) inside O(path) (for example by
+    M(ansible.posix.synchronize) from a host that fetched the snapshot once for the fleet), and records
+    the snapshot as its own. It is how a fleet shares one download and how an air-gapped site adopts a
+    snapshot that was carried in.
 
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -35,6 +41,8 @@ attributes:
     support: full
     details:
       - Sends the one metadata request and reports the files and bytes that would be downloaded.
+      - With O(state=adopted), reports in RV(missing_files) what O(path) lacks of the snapshot, without
+        failing on it (what a transfer has to deliver).
   diff_mode:
     support: none
   idempotent:
@@ -58,7 +66,7 @@ options:
   path:
     description:
       - Local snapshot directory, for example V(/srv/models/qwen2-7b). Created when missing.
-      - Required when O(state=present).
+      - Required when O(state=present) or O(state=adopted).
     type: path
   state:
     description:
@@ -66,9 +74,24 @@ options:
       - V(resolved) only resolves O(revision) to a commit sha and sizes the selected files (one metadata
         request, nothing written). The preflight role uses it once per fleet so that every host fetches
         the same commit even when a branch moves during a rollout.
+      - V(adopted) makes O(path) hold the snapshot O(manifest) describes, offline. Files delivered into
+        C(.gpufleet-incoming/) inside O(path) and files already in O(path) are verified (size and sha256)
+        against the manifest, delivered ones are moved into place, and O(path) gets its own
+        manifest. A file that does not match is never recorded. The module fails naming it, deletes it
+        when it was delivered (so the next transfer sends it again), and removes the manifest of O(path)
+        when O(path) holds it wrong. O(revision) must be the full commit sha the manifest records
+        (nothing can be resolved offline); O(endpoint) and O(token) are not used.
     type: str
-    choices: [present, resolved]
+    choices: [present, resolved, adopted]
     default: present
+  manifest:
+    description:
+      - With O(state=adopted), the snapshot to adopt, the content of a C(.gpufleet-snapshot.json) as
+        returned in RV(manifest) by the module that fetched the snapshot (usually once for the fleet).
+      - Default, the C(.gpufleet-snapshot.json) in O(path) (a snapshot carried in with its manifest). A
+        manifest written on another host vouches for nothing, so every file is hashed once before the
+        snapshot is recorded as this host's.
+    type: dict
   allow_patterns:
     description:
       - Only files matching at least one of these glob patterns are fetched (same semantics as
@@ -78,6 +101,8 @@ options:
   ignore_patterns:
     description:
       - Files matching any of these glob patterns are not fetched.
+      - With O(state=adopted), O(allow_patterns) and O(ignore_patterns), when given, must be those the
+        manifest records (the file list comes from the manifest).
     type: list
     elements: str
   endpoint:
@@ -98,6 +123,7 @@ options:
       - Re-hash every file even when the manifest says the snapshot is complete. Corrupted files are
         fetched again.
       - Without it, files recorded in the manifest are trusted when their size is unchanged.
+      - With O(state=adopted), files of O(path) are re-hashed (delivered files always are).
     type: bool
     default: false
   min_free_bytes:
@@ -151,6 +177,13 @@ EXAMPLES = r"""
     endpoint: http://172.28.10.1:8090
     token: "{{ model_fetch_hf_token }}"
 
+- name: Adopt a snapshot carried into an air-gapped site, with its .gpufleet-snapshot.json (no network)
+  gpufleet.serving.hf_model:
+    repo_id: gpufleet/tiny-qwen2
+    revision: 0bd5fd24e3dc83924a8c235f3824371e3a6896e9
+    path: /srv/models/tiny-qwen2
+    state: adopted
+
 - name: Re-hash everything (after a disk incident)
   gpufleet.serving.hf_model:
     repo_id: gpufleet/tiny-qwen2
@@ -203,9 +236,36 @@ downloaded_bytes:
   returned: when O(state=present)
   type: int
   sample: 3454840
+received_files:
+  description: Delivered files (in C(.gpufleet-incoming/)) that this run verified and moved into place.
+  returned: when O(state=adopted)
+  type: list
+  elements: str
+  sample: [model.safetensors]
+received_bytes:
+  description: Size of RV(received_files).
+  returned: when O(state=adopted)
+  type: int
+  sample: 3454840
+missing_files:
+  description:
+    - Files of the snapshot that O(path) lacks or holds wrong and that were not delivered. In check mode,
+      what a transfer has to deliver; otherwise the module fails when any is missing.
+  returned: when O(state=adopted)
+  type: list
+  elements: str
+  sample: [config.json]
+manifest:
+  description:
+    - The snapshot manifest recorded in O(path) (C(.gpufleet-snapshot.json)), with repo_id, commit_sha, and
+      size, sha256 and git blob id per file. Pass it as O(manifest) to adopt the same snapshot elsewhere.
+    - V(null) in check mode before the snapshot was ever fetched.
+  returned: when O(state=present) or O(state=adopted)
+  type: dict
 """
 
 import os
+import platform
 import shutil
 import traceback
 
@@ -274,7 +334,7 @@ class HfModel:
         if not names:
             self.fail(f"allow_patterns/ignore_patterns select none of the {len(info.siblings)} files of "
                       f"{self.repo_id}@{info.sha}")
-        unsafe = [n for n in names if os.path.isabs(n) or ".." in n.split("/")]
+        unsafe = [n for n in names if not hf_snapshot.safe_relpath(n)]
         if unsafe:
             self.fail(f"{self.endpoint} listed file names outside the snapshot dir: {unsafe}")
         return {n: e for n, e in hf_snapshot.expected_files(info.siblings).items() if n in names}
@@ -336,22 +396,8 @@ class HfModel:
         shutil.rmtree(staging)
         p = self.module.params
         hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
-            self.repo_id, self.revision, sha, records, p["allow_patterns"], p["ignore_patterns"]))
-
-    def set_attributes(self, expected, changed):
-        if not os.path.isdir(self.path):  # check mode before the first fetch
-            return changed
-        p = self.module.params
-        changed = self.module.set_mode_if_different(self.path, p["mode"], changed)
-        if p["owner"] is None and p["group"] is None:
-            return changed
-        paths = [self.path, os.path.join(self.path, hf_snapshot.MANIFEST)]
-        paths += [os.path.join(self.path, rel) for rel in expected]
-        for path in paths:
-            if os.path.lexists(path):
-                changed = self.module.set_owner_if_different(path, p["owner"], changed)
-                changed = self.module.set_group_if_different(path, p["group"], changed)
-        return changed
+            self.repo_id, self.revision, sha, records, p["allow_patterns"], p["ignore_patterns"],
+            host=platform.node()))
 
     def run(self):
         info = self.metadata()
@@ -373,12 +419,119 @@ class HfModel:
                 self.apply(sha, expected, state)
             except OSError as err:
                 self.fail(f"writing the snapshot into {self.path} failed: {err}")
-        changed = self.set_attributes(expected, changed)
+        changed = set_attributes(self.module, self.path, expected, changed)
         self.module.exit_json(
             changed=changed, path=self.path, commit_sha=sha, revision=self.revision,
             bytes=sum(e["size"] for e in expected.values()), files=len(expected),
             downloaded_files=state["fetch"], downloaded_bytes=fetch_bytes,
+            manifest=hf_snapshot.read_manifest(self.path),
         )
+
+
+class Adoption:
+    """state=adopted: verify against a manifest and record, with no network and no huggingface_hub."""
+
+    def __init__(self, module):
+        self.module = module
+        p = module.params
+        self.repo_id, self.revision, self.path = p["repo_id"], p["revision"], p["path"]
+
+    def fail(self, msg, **extra):
+        self.module.fail_json(msg=msg, repo_id=self.repo_id, revision=self.revision, path=self.path, **extra)
+
+    def manifest(self):
+        p = self.module.params
+        manifest, origin = p["manifest"], "the manifest option"
+        if manifest is None:
+            origin = os.path.join(self.path, hf_snapshot.MANIFEST)
+            manifest = hf_snapshot.read_manifest(self.path)
+            if manifest is None:
+                self.fail(f"{self.path} holds no snapshot manifest ({hf_snapshot.MANIFEST}) to adopt it against: "
+                          "copy the snapshot together with its manifest, or pass the option 'manifest'")
+        problem = hf_snapshot.manifest_problem(manifest)
+        if problem:
+            self.fail(f"{origin} cannot be adopted: {problem}")
+        if manifest["repo_id"] != self.repo_id:
+            self.fail(f"{origin} is a snapshot of {manifest['repo_id']}, not of {self.repo_id}")
+        if not hf_snapshot.is_commit_sha(self.revision):
+            self.fail(f"revision '{self.revision}' cannot be resolved offline: pin the commit sha "
+                      f"({origin} records {manifest['commit_sha']})")
+        if manifest["commit_sha"] != self.revision:
+            self.fail(f"{origin} records commit {manifest['commit_sha']}, not the pinned {self.revision}")
+        for key in ("allow_patterns", "ignore_patterns"):
+            if p[key] and p[key] != manifest.get(key):
+                self.fail(f"{origin} was made with {key} {manifest.get(key)}, not {p[key]}: the file list comes "
+                          f"from the manifest, so the patterns must be the same")
+        return manifest
+
+    def refuse(self, manifest, state):
+        """Leaves nothing that could pass for the snapshot, then fails naming the files."""
+        incoming = os.path.join(self.path, hf_snapshot.INCOMING)
+        for rel in state["rejected"]:
+            os.unlink(os.path.join(incoming, rel))  # sent again by the next transfer
+        if state["wrong"]:
+            hf_snapshot.remove_manifest(self.path)
+        where = f"{self.path} ({self.repo_id}@{manifest['commit_sha']})"
+        details = []
+        if state["rejected"]:
+            details.append(f"delivered but not matching the manifest, deleted: {state['rejected']}")
+        if state["wrong"]:
+            details.append(f"on disk but not matching the manifest: {state['wrong']}, so the manifest of "
+                           f"{self.path} was removed")
+        self.fail(f"{where}: {len(state['missing'])} file(s) missing or not matching the manifest (size, "
+                  f"sha256): {state['missing']}" + "".join("; " + d for d in details),
+                  missing_files=state["missing"])
+
+    def apply(self, manifest, state):
+        incoming = os.path.join(self.path, hf_snapshot.INCOMING)
+        hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
+        for rel in state["take"]:
+            final = os.path.join(self.path, rel)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(os.path.join(incoming, rel), final)
+        for rel in state["stale"]:
+            os.unlink(os.path.join(self.path, rel))
+        shutil.rmtree(incoming, ignore_errors=True)
+        hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
+            self.repo_id, manifest.get("revision"), manifest["commit_sha"], manifest["files"],
+            manifest.get("allow_patterns"), manifest.get("ignore_patterns"), host=platform.node()))
+
+    def run(self):
+        manifest = self.manifest()
+        records = manifest["files"]
+        state = hf_snapshot.adoption_plan(self.path, manifest, platform.node(), deep=self.module.params["verify"])
+        changed = not state["complete"]
+        if changed and not self.module.check_mode:
+            try:
+                if state["missing"]:
+                    self.refuse(manifest, state)
+                self.apply(manifest, state)
+            except OSError as err:
+                self.fail(f"adopting the snapshot in {self.path} failed: {err}")
+        changed = set_attributes(self.module, self.path, records, changed)
+        self.module.exit_json(
+            changed=changed, path=self.path, commit_sha=manifest["commit_sha"], revision=self.revision,
+            bytes=sum(r["size"] for r in records.values()), files=len(records),
+            received_files=state["take"], received_bytes=sum(records[rel]["size"] for rel in state["take"]),
+            missing_files=state["missing"],
+            manifest=manifest if self.module.check_mode else hf_snapshot.read_manifest(self.path),
+        )
+
+
+def set_attributes(module, snapshot_dir, names, changed):
+    if not os.path.isdir(snapshot_dir):  # check mode before the first fetch
+        return changed
+    p = module.params
+    changed = module.set_mode_if_different(snapshot_dir, p["mode"], changed)
+    if p["owner"] is None and p["group"] is None:
+        return changed
+    paths = [snapshot_dir, os.path.join(snapshot_dir, hf_snapshot.MANIFEST)]
+    paths += [os.path.join(snapshot_dir, rel) for rel in names]
+    for path in paths:
+        if os.path.lexists(path):
+            changed = module.set_owner_if_different(path, p["owner"], changed)
+            changed = module.set_group_if_different(path, p["group"], changed)
+    return changed
 
 
 def main():
@@ -387,7 +540,8 @@ def main():
             repo_id=dict(type="str", required=True),
             revision=dict(type="str", default="main"),
             path=dict(type="path"),
-            state=dict(type="str", choices=["present", "resolved"], default="present"),
+            state=dict(type="str", choices=["present", "resolved", "adopted"], default="present"),
+            manifest=dict(type="dict"),
             allow_patterns=dict(type="list", elements="str"),
             ignore_patterns=dict(type="list", elements="str"),
             endpoint=dict(type="str", default="https://huggingface.co"),
@@ -398,16 +552,19 @@ def main():
             group=dict(type="str"),
             mode=dict(type="raw"),
         ),
-        required_if=[("state", "present", ["path"])],
+        required_if=[("state", "present", ["path"]), ("state", "adopted", ["path"])],
         supports_check_mode=True,
     )
-    if HF_IMPORT_ERROR:
+    if module.params["state"] == "adopted":  # offline: no huggingface_hub needed on the host
+        Adoption(module).run()
+    elif HF_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("huggingface_hub"), exception=HF_IMPORT_ERROR)
-    # The agent-detection telemetry would call the *public* Hub (HF_ENDPOINT, not `endpoint`) and wait
-    # up to 3 s on air-gapped hosts; progress bars would only pollute the module's stderr.
-    hf_constants.HF_HUB_DISABLE_TELEMETRY = True
-    disable_progress_bars()
-    HfModel(module).run()
+    else:
+        # The agent-detection telemetry would call the *public* Hub (HF_ENDPOINT, not `endpoint`) and wait
+        # up to 3 s on air-gapped hosts; progress bars would only pollute the module's stderr.
+        hf_constants.HF_HUB_DISABLE_TELEMETRY = True
+        disable_progress_bars()
+        HfModel(module).run()
 
 
 if __name__ == "__main__":

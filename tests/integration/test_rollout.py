@@ -1,0 +1,325 @@
+"""Issue 5 end to end on the rollout fleet (tests/integration/fleets/rollout.yml: four hosts on their
+own network beside the built-in lab, brought up and down here): SGLang and vLLM per group, changed=0
+on a second run, the API key nowhere but the root-only file, the benchmark's CSV and plots, a canary
+that fails (missing image; engine that crashes at start) put back on its last good container with
+no other host touched, a host lost mid-rollout while the others finish, and two engines replacing
+one on a two-GPU host.
+
+The tests run in file order and share the fleet: each starts from the state the previous one left.
+"""
+import csv
+import json
+import os
+import secrets
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
+
+pytestmark = pytest.mark.lab
+
+FLEET_FILE = os.path.join(REPO_ROOT, "tests", "integration", "fleets", "rollout.yml")
+INVENTORY = os.path.join(REPO_ROOT, ".cache", "lab", "fleets", "rollout", "inventory")
+PREFIX = "gpufleet-rollout-"
+CANARY = "r-hopper-1"                     # first in inventory order: the rollout's canary
+OTHERS = ["r-l40s-1", "r-l40s-2", "r-turing-1"]
+HOSTS = [CANARY] + OTHERS
+ENGINES = {"r-hopper-1": "sglang", "r-l40s-1": "sglang", "r-l40s-2": "sglang", "r-turing-1": "vllm"}
+PORTS = {"sglang": 30000, "vllm": 8000}
+KEY = "gpufleet-test-key-" + secrets.token_hex(12)
+# One batch after the canary keeps the runs short; the batch logic is the same for any size.
+FAST = ["-e", "rollout_batch_size=100%"]
+
+
+def labctl(command):
+    return subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO_ROOT, "lab", "labctl.py"), command,
+                           "--fleet", FLEET_FILE], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """The rollout fleet, up for this module and down after it (so the lab tests that follow do not
+    share this 2-core machine with it). A fleet left by an interrupted session is removed first: the tests
+    start from bare hosts. A missing prerequisite skips, or fails under GPUFLEET_REQUIRE_LAB."""
+    labctl("down")
+    up = labctl("up")
+    if up.returncode != 0:
+        labctl("down")
+        message = "the rollout fleet did not come up: %s" % (up.stdout + up.stderr)[-2000:]
+        if os.environ.get("GPUFLEET_REQUIRE_LAB"):
+            pytest.fail(message)
+        pytest.skip(message)
+    work = tmp_path_factory.mktemp("rollout")
+    # What a vault file holds in production; passed with -e @file like one.
+    secret_vars = work / "secrets.yml"
+    secret_vars.write_text(json.dumps({"engine_api_key": KEY}))
+    secret_vars.chmod(0o600)
+    yield {"work": work, "secrets": str(secret_vars)}
+    down = labctl("down")
+    assert down.returncode == 0, down.stderr
+
+
+def run(fleet, playbook, *args):
+    """ansible-playbook on the rollout fleet with the API key; returns (rc, output, recap by host)."""
+    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), playbook, "-i", INVENTORY, "-e", "@" + fleet["secrets"],
+           "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), *args]
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True)
+    return res.returncode, res.stdout + res.stderr, recap_of(res.stdout)
+
+
+def recap_of(output):
+    return {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "unreachable": int(m.group(4)),
+                         "failed": int(m.group(5))} for m in RECAP_LINE.finditer(output)}
+
+
+def hx(host, script):
+    return subprocess.run(["docker", "exec", PREFIX + host, "bash", "-c", script], capture_output=True, text=True)
+
+
+def containers(host):
+    """{name: (id, started_at, image, running)} of every container in the host's own Docker."""
+    out = hx(host, "docker ps -aq | xargs -r docker inspect").stdout
+    return {c["Name"].lstrip("/"): (c["Id"], c["State"]["StartedAt"], c["Config"]["Image"], c["State"]["Running"])
+            for c in json.loads(out or "[]")}
+
+
+def engine(host):
+    return containers(host).get("gpufleet-engine")
+
+
+def http(host, path, key=None, port=None):
+    """(status, body) of a request from inside the host to its engine."""
+    auth = "-H 'Authorization: Bearer %s'" % key if key else ""
+    res = hx(host, "curl -s -o /tmp/body -w '%%{http_code}' %s http://127.0.0.1:%d%s; echo; cat /tmp/body"
+             % (auth, port or PORTS[ENGINES[host]], path))
+    status, _, body = res.stdout.partition("\n")
+    return int(status or 0), body
+
+
+def report_rows(output, task):
+    """{host: table row} of the report printed by the last `task` (a debug msg list, read as YAML:
+    the callback folds long lines)."""
+    part = output[output.rindex("TASK [%s" % task):].splitlines()
+    start = next(i for i, line in enumerate(part) if line.startswith("ok: ["))
+    block = []
+    for line in part[start + 1:]:
+        if not line.strip():
+            break
+        block.append(line)
+    rows = {}
+    for line in yaml.safe_load("\n".join(block))["msg"]:
+        words = line.split()
+        if words and words[0] in HOSTS:
+            rows[words[0]] = line
+    return rows
+
+
+def readable_files_with(text):
+    """{host: world-readable files holding `text`}: the root filesystem, and Docker's own (a separate
+    volume in the lab hosts) where it is per container: config, logs, the engine's writable layer.
+    A planted file proves the search finds what is there."""
+    planted = "/tmp/gpufleet-search-check"
+    script = ("echo 'check-%s' > %s && chmod 644 %s && "
+              "{ find / -xdev -type f -perm -o=r -print0 2>/dev/null; "
+              "find /var/lib/docker/containers \"$(docker inspect -f '{{.GraphDriver.Data.UpperDir}}' gpufleet-engine)\" "
+              "-type f -perm -o=r -print0; } | xargs -0 grep -lF -e '%s' -e 'check-%s' 2>/dev/null; rm %s"
+              % (text[::-1], planted, planted, text, text[::-1], planted))
+    procs = {h: subprocess.Popen(["docker", "exec", PREFIX + h, "bash", "-c", script], stdout=subprocess.PIPE,
+                                 text=True) for h in HOSTS}  # in parallel: each reads about 1 GB
+    found = {h: p.communicate()[0].split() for h, p in procs.items()}
+    assert all(planted in files for files in found.values()), found
+    return {h: [f for f in files if f != planted] for h, files in found.items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(fleet):
+    """site.yml on the fresh fleet at -vvvv, so the key check below sees everything Ansible can print."""
+    return run(fleet, "site.yml", "-vvvv", *FAST)
+
+
+def test_site_deploys_sglang_and_vllm_per_group_canary_first(first_run):
+    rc, output, recap = first_run
+    assert rc == 0, output[-5000:]
+    assert all(recap[h]["failed"] == 0 and recap[h]["unreachable"] == 0 for h in HOSTS), recap
+    rows = report_rows(output, "Fleet summary")
+    for host in HOSTS:
+        assert "healthy" in rows[host] and rows[host].split()[-1] == "updated", rows[host]
+        inspect = json.loads(hx(host, "docker inspect gpufleet-engine").stdout)[0]
+        want = ["vllm", "serve"] if ENGINES[host] == "vllm" else ["python3", "-m", "sglang.launch_server"]
+        assert inspect["Config"]["Entrypoint"] == want
+        assert inspect["Config"]["Labels"]["gpufleet.engine"] == ENGINES[host]
+        assert "HF_HUB_OFFLINE=1" in inspect["Config"]["Env"]
+        assert any(m["Destination"] == "/models/model" and not m["RW"] for m in inspect["Mounts"])
+    # The canary was proven healthy before the next batch started.
+    canary_started = engine(CANARY)[1]
+    assert all(engine(h)[1] > canary_started for h in OTHERS)
+
+
+def test_prometheus_targets_cover_the_fleet(fleet, first_run):
+    groups = json.loads((fleet["work"] / "file_sd.json").read_text())
+    by_host = {g["labels"]["host"]: g for g in groups}
+    assert sorted(by_host) == sorted(HOSTS)
+    assert by_host["r-turing-1"]["targets"] == ["172.28.20.11:8000"]
+    assert by_host["r-turing-1"]["labels"]["engine"] == "vllm"
+    assert by_host[CANARY]["labels"]["gpu"] == "1x NVIDIA H100 80GB HBM3"
+    assert {g["labels"]["model"] for g in groups} == {"gpufleet/tiny-qwen2"}
+    for host in HOSTS:  # every engine serves /metrics (SGLang with --enable-metrics)
+        status, body = http(host, "/metrics")
+        assert status == 200 and ENGINES[host] + ":" in body
+
+
+def test_api_key_is_required_and_never_exposed(first_run):
+    rc, output, _ = first_run
+    assert KEY not in output, "the API key is in the -vvvv output"
+    for host in HOSTS:
+        assert http(host, "/v1/models")[0] == 401
+        assert http(host, "/v1/models", "wrong-key")[0] == 401
+        status, body = http(host, "/v1/models", KEY)
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
+        assert KEY not in hx(host, "docker inspect gpufleet-engine").stdout          # Cmd, Args, Env, labels
+        assert KEY not in hx(host, "ps -eww -o args").stdout                        # argv of every process
+        assert KEY not in hx(host, "docker exec gpufleet-engine cat /proc/1/environ").stdout
+        assert KEY not in hx(host, "docker logs gpufleet-engine 2>&1").stdout
+        # The one place it is: the root-only file the engine reads through --config.
+        holder = hx(host, "grep -rlF -- '%s' /etc/gpufleet; stat -c '%%a %%U' /etc/gpufleet/*/*" % KEY).stdout.split("\n")
+        assert holder[0].startswith("/etc/gpufleet/gpufleet-engine/") and holder[1] == "600 root", holder
+    assert readable_files_with(KEY) == {h: [] for h in HOSTS}
+
+
+def test_second_run_changes_nothing(fleet, first_run):
+    before = {h: engine(h) for h in HOSTS}
+    rc, output, recap = run(fleet, "site.yml", *FAST)
+    assert rc == 0, output[-4000:]
+    assert {h: r["changed"] for h, r in recap.items()} == {h: 0 for h in recap}, output[-4000:]
+    assert {h: engine(h) for h in HOSTS} == before, "an engine container was restarted"
+    rows = report_rows(output, "Fleet summary")
+    assert all(rows[h].split()[-1] == "unchanged" for h in HOSTS), rows
+
+
+def test_benchmark_writes_csv_and_plot_per_group(fleet, first_run):
+    out = fleet["work"] / "bench"
+    rc, output, _ = run(fleet, "playbooks/benchmark.yml", "-e", "benchmark_output_dir=%s" % out,
+                        "-e", "benchmark_requests=6", "-e", "benchmark_max_tokens=16")
+    assert rc == 0, output[-4000:]
+    assert sorted(os.listdir(out)) == ["hopper.csv", "hopper.svg", "l40s.csv", "l40s.svg", "turing.csv", "turing.svg"]
+    with open(out / "l40s.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["host"] for r in rows}) == ["r-l40s-1", "r-l40s-2"]
+    for host in ("r-l40s-1", "r-l40s-2"):
+        levels = [r for r in rows if r["host"] == host]
+        assert [int(r["concurrency"]) for r in levels] == [1, 5, 10, 20]
+        assert all(int(r["ok"]) == max(6, int(r["concurrency"])) and r["errors"] == "0" for r in levels)
+        assert all(float(r["tokens_per_s"]) > 0 and float(r["ttft_ms_p50"]) > 0 for r in levels)
+    assert ET.parse(out / "turing.svg").getroot().tag.endswith("svg")
+    assert KEY not in output
+
+
+def assert_untouched(before):
+    for host in OTHERS:
+        assert engine(host) == before[host], "%s was touched" % host
+        assert set(containers(host)) == {"gpufleet-engine"}
+
+
+def test_missing_image_on_the_canary_stops_the_rollout_before_any_change(fleet, first_run):
+    """A tag that does not exist fails the canary before its container is touched. Two hosts are
+    enough here (the crash test below watches the whole fleet)."""
+    other = "r-turing-1"
+    before = {h: engine(h) for h in HOSTS}
+    rc, output, recap = run(fleet, "site.yml", *FAST, "--limit", "%s,%s" % (CANARY, other),
+                            "-e", "engine_image=gpufleet/engine-standin:does-not-exist")
+    assert rc != 0
+    assert {h: engine(h) for h in HOSTS} == before          # the canary's container never even stopped
+    assert recap[CANARY]["failed"] == 1 and recap[other]["failed"] == 0
+    rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
+    assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "FAILED", rows
+    assert "not reached" in rows[other] and rows[other].split()[-1] == "-", rows
+    assert "does-not-exist" in output and "nothing was changed, now healthy" in output
+
+
+def test_engine_crashing_at_start_on_the_canary_is_rolled_back(fleet, first_run):
+    """A new image whose engine dies at start (here: its Python cannot import the server, as a broken
+    build does) passes the planner, starts, and fails the health gate: the canary goes back to the
+    very container it ran before, and the rollout stops there."""
+    made = hx(CANARY, "docker create --name mk gpufleet/engine-standin:0.1.0 >/dev/null && "
+                      "docker commit --change 'ENV PYTHONPATH=/opt/engine-missing' mk gpufleet/engine-standin:0.2.0 && "
+                      "docker rm mk")
+    assert made.returncode == 0, made.stderr
+    before = {h: engine(h) for h in HOSTS}
+    rc, output, recap = run(fleet, "site.yml", *FAST, "-e", "engine_image=gpufleet/engine-standin:0.2.0",
+                            "-e", '{"engine_image_archive": null}')
+    assert rc != 0
+    restored = engine(CANARY)
+    assert restored[0] == before[CANARY][0] and restored[2] == "gpufleet/engine-standin:0.1.0" and restored[3]
+    assert restored[1] != before[CANARY][1]                 # it was stopped for the new one, then started again
+    assert set(containers(CANARY)) == {"gpufleet-engine"}   # the failed one removed, no -previous left
+    status, body = http(CANARY, "/v1/models", KEY)
+    assert status == 200 and "tiny-qwen2" in body
+    assert_untouched(before)
+    assert recap[CANARY]["failed"] == 1 and recap[CANARY]["changed"] > 0
+    rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
+    assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "ROLLED-BACK", rows
+    assert "No module named 'sglang'" in output
+    assert "rolled back to the previous container (gpufleet-engine: gpufleet/engine-standin:0.1.0), now healthy" in output
+
+
+def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
+    """A real change (a new served model name) rolls out; while the pause after the canary runs, one host
+    of the next batch stops answering SSH. Within rollout_max_fail_percentage the others finish and
+    the report names the lost host."""
+    lost = "r-l40s-2"
+    before = {h: engine(h) for h in HOSTS}
+    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", "@" + fleet["secrets"],
+           "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), *FAST,
+           "-e", "engine_served_model_name=tiny-qwen2-b", "-e", "rollout_max_fail_percentage=30",
+           "-e", "rollout_pause_between_batches=true", "-e", "rollout_pause_seconds=4"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ansible_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, blocked = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if blocked is None and "TASK [gpufleet.serving.engine : Pause before the next batch]" in line:
+                # Resets every SSH packet, the open ControlPersist connection's too: unreachable at once.
+                blocked = hx(lost, "iptables -I INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset")
+        rc = proc.wait(timeout=600)
+    finally:
+        hx(lost, "iptables -D INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset")
+    output = "".join(lines)
+    assert blocked is not None and blocked.returncode == 0, output[-3000:]
+    assert rc == 4, output[-4000:]                         # 4: some host was unreachable
+    recap = recap_of(output)
+    assert recap[lost]["unreachable"] == 1
+    assert all(recap[h]["failed"] == 0 and recap[h]["unreachable"] == 0 for h in HOSTS if h != lost), recap
+    rows = report_rows(output, "gpufleet.serving.engine : Report - every host")
+    assert rows[lost].split()[-1] == "UNREACHABLE/FAILED", rows
+    for host in HOSTS:
+        if host == lost:
+            assert engine(host) == before[host]             # never reached: still the old engine
+            continue
+        assert rows[host].split()[-1] == "updated" and "healthy" in rows[host], rows[host]
+        status, body = http(host, "/v1/models", KEY)
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2-b"
+        assert set(containers(host)) == {"gpufleet-engine"}  # the replaced one removed once healthy
+    # The canary went first; the next batch started only after its health gate and the pause.
+    assert all(engine(h)[1] > engine(CANARY)[1] for h in ("r-l40s-1", "r-turing-1"))
+
+
+def test_two_engines_on_one_host_replace_its_single_engine(fleet, first_run):
+    """engine_instances: one engine per GPU, each with its port; the single engine they replace is
+    retired once both are healthy."""
+    host = "r-l40s-1"                                      # two (simulated) L40S
+    instances = [{"name": "eng-a", "gpus": [0], "port": 30001}, {"name": "eng-b", "gpus": [1], "port": 30002}]
+    rc, output, recap = run(fleet, "site.yml", "--limit", host, "-e", json.dumps({"engine_instances": instances}))
+    assert rc == 0, output[-4000:]
+    assert set(containers(host)) == {"eng-a", "eng-b"}      # gpufleet-engine retired, nothing -previous left
+    for spec in instances:
+        args = json.loads(hx(host, "docker inspect -f '{{json .Config.Cmd}}' %s" % spec["name"]).stdout)
+        assert args[args.index("--port") + 1] == str(spec["port"]) and args[args.index("--tp-size") + 1] == "1"
+        status, body = http(host, "/v1/models", KEY, port=spec["port"])
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
+    row = report_rows(output, "gpufleet.serving.engine : Report - every host")[host]
+    assert "healthy" in row and row.split()[-1] == "updated" and "->none" in row, row
+    targets = json.loads((fleet["work"] / "file_sd.json").read_text())
+    assert sorted(t for g in targets for t in g["targets"]) == ["172.28.20.13:30001", "172.28.20.13:30002"]

@@ -1,0 +1,164 @@
+"""The engine role's data model: engine_instances (several engines per host, one per GPU set) and
+the rollout record the report reads (module_utils/engine_deploy, filters engine_instances and
+engine_rollout_record)."""
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpufleet.serving.plugins.filter.fleet import FilterModule
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
+from gpu_fixtures import gpu_facts, model
+
+FILTERS = FilterModule().filters()
+
+
+def tiny():
+    m = model("Qwen2.5-0.5B-Instruct", path="/models/model", host_path="/srv/models/qwen")
+    m["weights_bytes"] = estimate_weights(model_dims(m["config"]))
+    return m
+
+
+def deploy(facts, instances=None, **kw):
+    kw.setdefault("engine", "sglang")
+    return engine_deploy.deployments(facts, instances, model=tiny(), model_sha="a" * 40, secrets_dir="/etc/gf",
+                                     host="node-1", **kw)
+
+
+def option(args, flag):
+    return args[args.index(flag) + 1]
+
+
+def test_no_instances_is_the_single_engine_of_before():
+    """Default: one container named engine_container_name, the plan engine_plan makes, on every GPU."""
+    facts = gpu_facts("h100", 2)
+    [only] = deploy(facts, name="gpufleet-engine", overrides={"--max-running-requests": 64})
+    plan = build_plan(facts, "sglang", tiny(), host="node-1", overrides={"--max-running-requests": 64})
+    assert only["name"] == "gpufleet-engine" and only["gpus"] is None
+    assert only["plan"] == plan
+    assert only["port"] == 30000 and only["container"]["ports"] == ["30000:30000"]
+    assert only["container"]["device_requests"] == plan["container"]["device_requests"]
+    assert only["container"]["labels"]["gpufleet.plan_hash"] == plan["plan_hash"]
+    assert only["container"]["labels"]["gpufleet.model_sha"] == "a" * 40
+    assert only["probe"] == {"name": "gpufleet-engine", "port": 30000, "engine": "sglang"}
+
+
+def test_two_instances_each_get_their_gpus_port_and_overrides():
+    facts = gpu_facts("l40s", 4)
+    result = deploy(facts, [
+        {"name": "eng-a", "gpus": [0, 1], "port": 30001, "overrides": {"--max-running-requests": 32}},
+        {"name": "eng-b", "gpus": [2, 3], "port": 30002},
+    ], overrides={"--max-running-requests": 8})
+    a, b = result
+    assert option(a["plan"]["args"], "--port") == "30001" and a["container"]["ports"] == ["30001:30001"]
+    assert option(b["plan"]["args"], "--port") == "30002"
+    assert option(a["plan"]["args"], "--max-running-requests") == "32"   # the instance's override wins
+    assert option(b["plan"]["args"], "--max-running-requests") == "8"
+    assert option(a["plan"]["args"], "--tp-size") == "2"
+    # Exactly its own GPUs, never "all" (which is what the planner asks for on a full subset).
+    assert a["container"]["device_requests"] == [{"driver": "nvidia", "capabilities": [["gpu"]], "device_ids": ["0", "1"]}]
+    assert b["container"]["device_requests"][0]["device_ids"] == ["2", "3"]
+    assert b["plan"]["container"]["gpus"] == [2, 3]
+    assert a["plan"]["plan_hash"] != b["plan"]["plan_hash"]
+    assert a["gpu_label"] == "2x NVIDIA L40S"
+
+
+def test_pinned_devices_change_the_plan_hash():
+    facts = gpu_facts("l40s", 2)
+    [whole] = deploy(facts)
+    [pinned] = deploy(facts, [{"name": "gpufleet-engine", "gpus": [0, 1]}])
+    assert pinned["plan"]["plan_hash"] == engine_deploy.plan_hash(pinned["plan"])
+    assert pinned["plan"]["plan_hash"] != whole["plan"]["plan_hash"]
+
+
+def test_gpu_subset_recomputes_what_the_planner_reads():
+    facts = gpu_facts("h100", 2)
+    facts["gpus"].append({"index": 2, "name": "NVIDIA L40S", "memory_mib": 46068, "compute_capability": "8.9"})
+    sub = engine_deploy.gpu_subset(facts, [1, 2])
+    assert [g["index"] for g in sub["gpus"]] == [1, 2]
+    assert sub["count"] == 2 and sub["memory_min_mib"] == 46068 and sub["memory_total_mib"] == 81559 + 46068
+    assert sub["compute_capability"] == "8.9" and sub["homogeneous"] is False
+    assert len(facts["gpus"]) == 3  # the host's facts are left alone
+
+
+def test_api_key_file_is_mounted_read_only_and_ulimits_are_docker_strings():
+    [only] = deploy(gpu_facts("h100"), api_key=True, ulimits=[{"name": "memlock", "soft": -1, "hard": -1}])
+    assert only["container"]["volumes"] == ["/srv/models/qwen:/models/model:ro",
+                                            "/etc/gf/sglang-secrets.yaml:/run/gpufleet/sglang-secrets.yaml:ro"]
+    assert only["container"]["ulimits"] == ["memlock:-1:-1"]
+    [no_gpu] = deploy(gpu_facts("h100"), gpu_requests=False)
+    assert no_gpu["container"]["device_requests"] is None
+
+
+@pytest.mark.parametrize("instances, message", [
+    ([{"gpus": [0]}], "engine_instances[0] needs a name"),
+    ([{"name": "a b"}], "'a b' is not a usable container name"),
+    ([{"name": "eng-previous"}], "not ending in -previous"),
+    ([{"name": "a", "gpus": [0]}, {"name": "a", "gpus": [1]}], "name 'a' is used twice"),
+    ([{"name": "a", "gpus": [0], "port": 1}, {"name": "b"}], "engine_instances[1] (b): give its GPU indices"),
+    ([{"name": "a", "gpus": [7]}], "GPU indices [7] do not exist; the host has GPUs 0, 1"),
+    ([{"name": "a", "gpus": [0, 1]}, {"name": "b", "gpus": [1]}], "GPU 1 is already given to instance a"),
+    ([{"name": "a", "gpus": [0]}, {"name": "b", "gpus": [1]}], "instances a and b both listen on port 30000"),
+])
+def test_bad_instances_name_what_to_fix(instances, message):
+    with pytest.raises(PlanError) as err:
+        deploy(gpu_facts("h100", 2), instances)
+    assert message in str(err.value)
+    assert str(err.value).startswith("node-1")
+
+
+def test_filter_wraps_planner_errors_naming_the_instance():
+    with pytest.raises(AnsibleFilterError) as err:
+        FILTERS["engine_instances"](gpu_facts("h100", 2), [{"name": "a", "gpus": [0], "overrides": {"--nope": 1}}],
+                                    engine="sglang", model=tiny(), host="node-1")
+    assert "--nope" in str(err.value) and "(instance a)" in str(err.value)
+
+
+def listed(name, image, state="running", engine="sglang", sha="b" * 40, cid="c" * 64):
+    """A container as docker_host_info (verbose) lists it."""
+    return {"Id": cid, "Names": ["/" + name], "Image": image, "State": state, "Labels": {
+        "gpufleet.engine": engine, "gpufleet.engine_version": "0.5.23", "gpufleet.model_sha": sha, "other": "x"}}
+
+
+def inspected(name, image, cid="d" * 64):
+    """A container as docker inspect / docker_container return it."""
+    return {"Id": cid, "Name": "/" + name, "State": {"Running": True}, "Config": {"Image": image, "Labels": {
+        "gpufleet.engine": "sglang", "gpufleet.engine_version": "0.5.24", "gpufleet.model_sha": "b" * 40}}}
+
+
+def test_rollback_plan_keeps_running_replaced_and_retired_containers():
+    host = [listed("eng-a", "img:1"), listed("eng-b", "img:1"), listed("eng-c", "img:1", state="exited"),
+            listed("old", "img:0"), listed("gone", "img:0", state="exited"),
+            listed("eng-d", "img:1"), listed("eng-d-previous", "img:0", state="exited")]
+    plan = FILTERS["engine_rollback_plan"](host, ["eng-a", "eng-b", "eng-c", "eng-d"], ["eng-a", "eng-c", "eng-d"])
+    # eng-b unchanged; eng-c not running (nothing good to keep); eng-d keeps the earlier run's -previous.
+    assert plan == {"keep": ["eng-a", "old"], "retired": ["old", "gone"]}
+    assert engine_deploy.rollback_plan([], ["eng-a"], ["eng-a"]) == {"keep": [], "retired": []}
+
+
+def test_rollout_record_success_and_rollback():
+    before = [listed("eng", "img:1"), listed("old", "img:0")]
+    done = FILTERS["engine_rollout_record"](before, [inspected("eng", "img:2"), None], ["eng", "old"], ["eng", "old"])
+    assert done["rolled_back"] is False and done["cause"] is None
+    assert done["instances"][0] == {
+        "name": "eng", "replaced": True,
+        "before": {"id": "c" * 12, "image": "img:1", "labels": {
+            "gpufleet.engine": "sglang", "gpufleet.engine_version": "0.5.23", "gpufleet.model_sha": "b" * 40}},
+        "after": {"id": "d" * 12, "image": "img:2", "labels": {
+            "gpufleet.engine": "sglang", "gpufleet.engine_version": "0.5.24", "gpufleet.model_sha": "b" * 40}}}
+    assert done["instances"][1]["after"] is None  # the retired one is gone
+
+    back = FILTERS["engine_rollout_record"](before, [listed("eng", "img:1")], ["eng"], ["eng"], restored=["eng"],
+                                            failure="health: container exited (exit code 1). ", healthy=True)
+    assert back["rolled_back"] is True
+    assert back["cause"] == ("health: container exited (exit code 1); rolled back to the previous container "
+                             "(eng: img:1), now healthy")
+
+
+def test_rollout_record_failures_without_a_rollback():
+    first = engine_deploy.rollout_record([], [], ["eng"], ["eng"], failure="boom", healthy=None)
+    assert first["cause"] == "boom; no previous container to go back to; the new one was removed, now health unknown"
+    assert first["instances"][0]["before"] is None and first["rolled_back"] is False
+    untouched = engine_deploy.rollout_record([listed("eng", "img:1")], [listed("eng", "img:1")], ["eng"], [],
+                                             failure="image missing", healthy=False)
+    assert untouched["cause"] == "image missing; nothing was changed, now NOT healthy"
