@@ -18,19 +18,12 @@ description:
   - Never changes the host. The decisions are made by the C(gpufleet.serving.toolkit_plan) filter.
 author:
   - gpufleet maintainers
+extends_documentation_fragment:
+  - gpufleet.serving.read_only_facts
 attributes:
-  check_mode:
-    support: full
-    description: Reads only.
-  diff_mode:
-    support: none
-    description: Returns no diff; nothing changes.
   facts:
     support: full
     description: Returns C(ansible_facts.gpufleet_container_host).
-  idempotent:
-    support: full
-    description: Reads only; RV(changed) is always V(false).
 options:
   daemon_json:
     description: Docker's daemon configuration file.

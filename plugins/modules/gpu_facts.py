@@ -23,19 +23,12 @@ description:
   - Never changes the host.
 author:
   - gpufleet maintainers
+extends_documentation_fragment:
+  - gpufleet.serving.read_only_facts
 attributes:
-  check_mode:
-    support: full
-    description: Can run in check_mode and return the same facts, since it only reads.
-  diff_mode:
-    support: none
-    description: Returns no diff; nothing changes.
   facts:
     support: full
     description: Returns C(ansible_facts.gpufleet_gpu).
-  idempotent:
-    support: full
-    description: Reads only; RV(changed) is always V(false).
 options:
   nvidia_smi_path:
     description:
