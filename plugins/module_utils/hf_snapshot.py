@@ -157,6 +157,17 @@ def remove_manifest(snapshot_dir):
     fsync_dir(snapshot_dir)
 
 
+def move_into_place(snapshot_dir, source_dir, names, stale):
+    """Move verified files from source_dir (staging or incoming) to their place, then drop the files
+    of the previous snapshot that are no longer selected. Same filesystem: each move is a rename."""
+    for rel in names:
+        final = os.path.join(snapshot_dir, rel)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(os.path.join(source_dir, rel), final)
+    for rel in stale:
+        os.unlink(os.path.join(snapshot_dir, rel))
+
+
 def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:

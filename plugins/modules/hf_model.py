@@ -387,12 +387,7 @@ class HfModel:
                 self.fail(f"{rel} from {self.endpoint} does not match the size/hash the Hub lists for "
                           f"{self.repo_id}@{sha}")
             records[rel] = {"size": expected[rel]["size"], "sha256": sha256, "blob_id": expected[rel]["blob_id"]}
-        for rel in state["fetch"]:
-            final = os.path.join(self.path, rel)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(os.path.join(staging, rel), final)
-        for rel in state["stale"]:
-            os.unlink(os.path.join(self.path, rel))
+        hf_snapshot.move_into_place(self.path, staging, state["fetch"], state["stale"])
         shutil.rmtree(staging)
         p = self.module.params
         hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
@@ -485,12 +480,7 @@ class Adoption:
     def apply(self, manifest, state):
         incoming = os.path.join(self.path, hf_snapshot.INCOMING)
         hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
-        for rel in state["take"]:
-            final = os.path.join(self.path, rel)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(os.path.join(incoming, rel), final)
-        for rel in state["stale"]:
-            os.unlink(os.path.join(self.path, rel))
+        hf_snapshot.move_into_place(self.path, incoming, state["take"], state["stale"])
         shutil.rmtree(incoming, ignore_errors=True)
         hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
             self.repo_id, manifest.get("revision"), manifest["commit_sha"], manifest["files"],
