@@ -20,7 +20,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -35,6 +34,9 @@ import yaml
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO_ROOT, "lab", "hf"))
 from build_repos import commit, new_work_repo, publish  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import ensure_inotify, machine, markdown_table, sh  # noqa: E402
 
 VENV_BIN = os.path.join(REPO_ROOT, ".venv", "bin")
 LABCTL = os.path.join(REPO_ROOT, "lab", "labctl.py")
@@ -61,33 +63,6 @@ MODES = {
 TO_HOSTS_TASKS = {"per_host": ("Each snapshot is present",),
                   "fleet": ("What each host lacks", "Hosts receive the files", "verified against the seed's manifest")}
 COPY_TASKS = {"per_host": ("Each snapshot is present",), "fleet": ("Hosts receive the files",)}
-
-
-INOTIFY = "/proc/sys/fs/inotify/max_user_instances"
-INOTIFY_PER_HOST = 10  # systemd, journald, dockerd... in each lab host, all counted against root
-
-
-def sh(cmd, **kw):
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if res.returncode:
-        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
-    return res
-
-
-def ensure_inotify(hosts):
-    """systemd in a container exits when it gets no inotify instance: the default 128 per user runs out
-    at about a dozen lab hosts (all run as root)."""
-    with open(INOTIFY) as f:
-        limit = int(f.read())
-    want = 256 + INOTIFY_PER_HOST * hosts
-    if limit >= want:
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"{hosts} lab hosts need fs.inotify.max_user_instances >= {want} (it is {limit}): "
-                         f"sudo sysctl fs.inotify.max_user_instances={want}")
-    print(f"[bench] raising fs.inotify.max_user_instances {limit} -> {want} for {hosts} lab hosts", flush=True)
-    with open(INOTIFY, "w") as f:
-        f.write(str(want))
 
 
 class BenchFleet:
@@ -250,15 +225,12 @@ def bench_mode(fleet, playbook, mode, sha, files):
 def table(rows):
     head = ["N", "mode", "HF server bytes", "x model", "total s", "to hosts s (MB/s)", "copy step s (MB/s)",
             "plain copy s (MB/s)", "2nd run s", "2nd: changed, bytes"]
-    lines = [head] + [[str(r["hosts"]), r["mode"], f"{r['upstream_bytes']:,}", f"{r['upstream_x_model']:g}",
-                       f"{r['total_s']:g}", f"{r['to_hosts_s']:g} ({r['to_hosts_mb_s']:g})",
-                       f"{r['copy_s']:g} ({r['copy_mb_s']:g})", f"{r['plain_s']:g} ({r['plain_mb_s']:g})",
-                       f"{r['second_run_s']:g}", f"{r['second_run_changed']}, {r['second_run_upstream_bytes']}"]
-                      for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
-    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    return markdown_table(head, [
+        [str(r["hosts"]), r["mode"], f"{r['upstream_bytes']:,}", f"{r['upstream_x_model']:g}",
+         f"{r['total_s']:g}", f"{r['to_hosts_s']:g} ({r['to_hosts_mb_s']:g})",
+         f"{r['copy_s']:g} ({r['copy_mb_s']:g})", f"{r['plain_s']:g} ({r['plain_mb_s']:g})",
+         f"{r['second_run_s']:g}", f"{r['second_run_changed']}, {r['second_run_upstream_bytes']}"]
+        for r in rows])
 
 
 def main():
@@ -296,12 +268,11 @@ def main():
                 if not args.keep:
                     fleet.labctl("down")
                     shutil.rmtree(fleet.state, ignore_errors=True)
-    machine = f"{platform.node()}: {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB RAM, {platform.platform()}"
-    result = {"machine": machine, "model_mib": args.model_mib, "shards": args.shards, "rows": rows,
+    result = {"machine": machine(), "model_mib": args.model_mib, "shards": args.shards, "rows": rows,
               "wall_s": round(time.monotonic() - started)}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"\n{args.model_mib} MiB model in {args.shards} shards; {machine}; {result['wall_s']}s in all\n")
+    print(f"\n{args.model_mib} MiB model in {args.shards} shards; {result['machine']}; {result['wall_s']}s in all\n")
     print(table(rows))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan, image_ref
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError, load_knowledge
 
 
@@ -32,6 +32,15 @@ def model_fit(gpu_facts, **kwargs):
     return engine_plan(gpu_facts, **kwargs)["fit"]
 
 
+def engine_image_ref(engine, engine_version=None, image=None):
+    """The image the engine's plan will run, known before the GPU facts and the model are."""
+    try:
+        return image_ref(engine, engine_version, image)
+    except (PlanError, KnowledgeError) as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
 class FilterModule:
     def filters(self):
-        return {"engine_plan": engine_plan, "launch_args": launch_args, "model_fit": model_fit}
+        return {"engine_plan": engine_plan, "launch_args": launch_args, "model_fit": model_fit,
+                "engine_image_ref": engine_image_ref}

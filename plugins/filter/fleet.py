@@ -3,9 +3,11 @@ role's per-host bookkeeping: its instance planner (engine_instances, which needs
 knowledge table), what it keeps for a rollback (engine_rollback_plan) and its rollout record
 (engine_rollout_record, read by fleet_summary).
 
-Documentation: the sidecar files fleet_models.yml, model_key.yml, fleet_summary.yml,
+Documentation: the sidecar files fleet_models.yml, model_key.yml, resolved_commits.yml, pinned_commit.yml, fleet_summary.yml,
 prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml and engine_rollout_record.yml.
 """
+import json
+
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
@@ -16,6 +18,17 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import 
 def model_key(repo_id, revision, endpoint):
     """One string naming a model reference, so hosts can find the fleet-wide resolution of theirs."""
     return "|".join(str(part) for part in (repo_id, revision or "main", endpoint or ""))
+
+
+def resolved_commits(results):
+    """{model key: commit sha} from the registered results of preflight's resolve loop."""
+    return dict((r["item"]["key"], r["commit_sha"]) for r in results or [] if r.get("commit_sha"))
+
+
+def pinned_commit(commits, repo_id, revision, endpoint=None):
+    """The commit the fleet resolved this host's model reference to; None when it was not resolved
+    (offline hosts, or no model)."""
+    return (commits or {}).get(model_key(repo_id, revision, endpoint)) if repo_id else None
 
 
 def fleet_models(hostvars, hosts):
@@ -116,9 +129,18 @@ def _fmt(value):
     return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
-def prometheus_file_sd(hostvars, hosts):
-    """Prometheus file_sd target groups: every engine instance (and DCGM exporter) of the hosts."""
-    groups = []
+def prometheus_file_sd(hostvars, hosts, previous=None, inventory_hosts=None):
+    """Prometheus file_sd target groups: every engine instance (and DCGM exporter) of the hosts.
+
+    ``previous`` (the file's current JSON text) keeps the targets of hosts this run did not cover (a
+    --limit run) as long as they are still in ``inventory_hosts``, so a partial run never drops the rest
+    of the fleet from monitoring."""
+    kept = set(inventory_hosts or []) - set(hosts)
+    try:
+        old = json.loads(previous) if previous else []
+    except ValueError:
+        old = []
+    groups = [g for g in old if isinstance(g, dict) and (g.get("labels") or {}).get("host") in kept]
     for host in hosts:
         hv = hostvars[host]
         address = hv.get("ansible_host") or host
@@ -157,6 +179,7 @@ def engine_rollout_record(before, after, names, replaced, restored=(), failure=N
 
 class FilterModule:
     def filters(self):
-        return {"fleet_models": fleet_models, "model_key": model_key, "fleet_summary": fleet_summary,
+        return {"fleet_models": fleet_models, "model_key": model_key, "resolved_commits": resolved_commits,
+                "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
                 "engine_rollback_plan": engine_rollback_plan, "engine_rollout_record": engine_rollout_record}

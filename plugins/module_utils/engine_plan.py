@@ -467,6 +467,15 @@ def _model(model, where):
     return model
 
 
+def image_ref(engine, engine_version=None, image=None, knowledge=None, host=None):
+    """The engine image a plan will run: the override, else the one the knowledge table names for the
+    engine version. Needs no GPU facts and no model, so the image can be fetched before either."""
+    if image:
+        return image
+    _, ev = _engine(knowledge or _default_knowledge(), engine, engine_version, host)
+    return "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
+
+
 def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warnings):
     """Everything fixed before the model is looked at: GPU, engine version, arch, driver, preset."""
     gpu = _gpu(gpu_facts, host)
@@ -474,11 +483,11 @@ def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warning
     where = "%s (%s x %s)" % (host, gpu["count"], gpu["name"])
     arch = _arch(kn, gpu, host, warnings)
     _check_kernels(kn, engine, version, ev, arch, gpu, where)
-    image_ref = image or "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
+    image_name = image_ref(engine, version, image, kn, host)
     if image:
         warnings.append("%s: image overridden with %s; assuming it is built with CUDA %s like %s:%s"
                         % (host, image, ev["cuda"], ev["image"]["repo"], ev["image"]["tag"]))
-    _check_driver(kn, engine, version, ev, arch, gpu, image_ref, where, warnings)
+    _check_driver(kn, engine, version, ev, arch, gpu, image_name, where, warnings)
     if preset not in kn["presets"]:
         raise PlanError("%s: preset %r is unknown: choose one of %s" % (host, preset, ", ".join(kn["presets"])))
     if not gpu["homogeneous"]:
@@ -486,7 +495,7 @@ def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warning
     flags = _flags("%s/%s" % (kn.get("flag_dump_dir") or flag_dump.default_dump_dir(), ev["flag_dump"]),
                    engine, version)
     return {"engine": engine, "version": version, "ev": ev, "gpu": gpu, "arch": arch, "ae": arch[engine],
-            "preset": kn["presets"][preset], "image": image_ref, "where": where, "flags": flags}
+            "preset": kn["presets"][preset], "image": image_name, "where": where, "flags": flags}
 
 
 def _decide(ctx, dims, model, pinned, warnings):

@@ -151,56 +151,22 @@ ansible_facts:
           sample: open
 """
 
-import os
-import subprocess
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.gpufleet.serving.plugins.module_utils.nvidia_smi import (
-    HEALTHY,
-    NvidiaSmiError,
-    collect,
+from ansible_collections.gpufleet.serving.plugins.module_utils.gpu_probe import (
+    ARGUMENT_SPEC,
+    fail_unless_healthy,
+    read_gpu_facts,
 )
-
-
-def read_text(path):
-    with open(path) as handle:
-        return handle.read()
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            nvidia_smi_path=dict(type="path"),
-            required=dict(type="bool", default=False),
-            timeout=dict(type="int", default=30),
-        ),
+        argument_spec=dict(ARGUMENT_SPEC, required=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
-    timeout = module.params["timeout"]
-    path = module.params["nvidia_smi_path"] or module.get_bin_path("nvidia-smi", opt_dirs=["/usr/bin"])
-    if path and not os.path.exists(path):
-        path = None
-
-    def run(argv):
-        # subprocess rather than run_command: run_command has no timeout, and nvidia-smi can hang.
-        try:
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                                  timeout=timeout, env=dict(os.environ, LC_ALL="C"))
-        except subprocess.TimeoutExpired:
-            module.fail_json(msg="%s did not answer within %d seconds" % (" ".join(argv), timeout))
-        except OSError as exc:  # present but not runnable counts as no usable driver
-            return 127, "", str(exc)
-        return proc.returncode, proc.stdout, proc.stderr
-
-    try:
-        facts, warnings = collect(path, run, read_text)
-    except (NvidiaSmiError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
-    for warning in warnings:
-        module.warn(warning)
-    if module.params["required"] and facts["state"] != HEALTHY:
-        module.fail_json(msg="GPU required but state is %s: %s" % (facts["state"], facts["message"]),
-                         ansible_facts={"gpufleet_gpu": facts})
+    facts = read_gpu_facts(module, module.params["nvidia_smi_path"], module.params["timeout"])
+    if module.params["required"]:
+        fail_unless_healthy(module, facts)
     module.exit_json(changed=False, ansible_facts={"gpufleet_gpu": facts})
 
 

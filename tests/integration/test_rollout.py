@@ -322,4 +322,7 @@ def test_two_engines_on_one_host_replace_its_single_engine(fleet, first_run):
     row = report_rows(output, "gpufleet.serving.engine : Report - every host")[host]
     assert "healthy" in row and row.split()[-1] == "updated" and "->none" in row, row
     targets = json.loads((fleet["work"] / "file_sd.json").read_text())
-    assert sorted(t for g in targets for t in g["targets"]) == ["172.28.20.13:30001", "172.28.20.13:30002"]
+    assert sorted(t for g in targets if g["labels"]["host"] == host for t in g["targets"]) == [
+        "172.28.20.13:30001", "172.28.20.13:30002"]
+    # a --limit run keeps the rest of the fleet's targets
+    assert {g["labels"]["host"] for g in targets} == set(HOSTS)

@@ -18,6 +18,12 @@ def first_run(lab):
     return run_playbook("site.yml")
 
 
+def play_section(output, play):
+    """The output of one play, from its PLAY line to the next."""
+    section = output[output.index("PLAY [" + play):]
+    return section[:section.index("PLAY [", 1)]
+
+
 def test_site_converges_every_host_healthy(first_run):
     rc, output, recap = first_run
     assert rc == 0, output[-4000:]
@@ -86,3 +92,44 @@ def test_host_without_nvidia_smi_fails_in_preflight(first_run):
     assert rc != 0
     assert "nvidia-smi" in output and "turing-1" in output, output[-3000:]
     assert recap["turing-1"]["changed"] == 0
+
+
+def test_drifted_host_alone_takes_the_full_run_and_is_repaired(first_run):
+    """The fast path (docs/scale.md): a no-op run sends only hosts that differ from their converge stamp
+    through the roles. A stopped engine is found, restarted, and the next run is all fast again."""
+    assert run_playbook("site.yml")[0] == 0  # every host stamped
+    host_exec("l40s-1", "docker stop gpufleet-engine")
+    rc, output, recap = run_playbook("site.yml")
+    assert rc == 0, output[-4000:]
+    assert "3 of 4 hosts are as their last run left them" in output, output[-4000:]
+    assert "l40s-1: container gpufleet-engine is not running" in output
+    # converged hosts run the one preflight check (the first host also the once-per-fleet tasks) and no
+    # role; the drifted one runs every role
+    host_stack = play_section(output, "Host stack")
+    assert "l40s-1" in host_stack and not any(h in host_stack for h in LAB_HOSTS if h != "l40s-1"), host_stack
+    assert [recap[h]["ok"] for h in LAB_HOSTS[1:] if h != "l40s-1"] == [1, 1]
+    assert recap["l40s-1"]["ok"] > 20 and recap["l40s-1"]["changed"] >= 1
+    assert host_exec("l40s-1", "docker inspect -f '{{.State.Running}}' gpufleet-engine").stdout.strip() == "true"
+    rc, output, recap = run_playbook("site.yml")
+    assert rc == 0 and "4 of 4 hosts are as their last run left them" in output, output[-4000:]
+    assert all(r["changed"] == 0 for r in recap.values())
+
+
+def test_changed_runtime_config_is_drift(first_run):
+    host_exec("hopper-1", "cp /etc/docker/daemon.json /tmp/daemon.json.bak && "
+                          "python3 -c \"import json; p='/etc/docker/daemon.json'; d=json.load(open(p)); "
+                          "d.pop('default-runtime', None); d['log-level']='warn'; json.dump(d, open(p, 'w'))\"")
+    rc, output, recap = run_playbook("site.yml", "--limit", "hopper-1", "--check")
+    assert "hopper-1: file /etc/docker/daemon.json changed" in output, output[-4000:]
+    host_exec("hopper-1", "mv /tmp/daemon.json.bak /etc/docker/daemon.json")
+    rc, output, recap = run_playbook("site.yml", "--limit", "hopper-1")
+    assert rc == 0 and recap["hopper-1"]["changed"] == 0, output[-4000:]
+    assert "skipping: no hosts matched" in play_section(output, "Host stack"), output[-4000:]
+
+
+def test_full_path_on_demand_changes_nothing(first_run):
+    rc, output, recap = run_playbook("site.yml", "-e", "preflight_fast_path=false")
+    assert rc == 0, output[-4000:]
+    assert "0 of 4 hosts are as their last run left them" in output
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    assert all(recap[h]["ok"] > 20 for h in LAB_HOSTS)

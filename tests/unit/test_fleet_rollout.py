@@ -92,3 +92,14 @@ def test_file_sd_lists_every_engine_with_labels():
     for group in json.loads(json.dumps(groups)):
         assert set(group) == {"targets", "labels"}
         assert all(isinstance(v, str) for v in group["labels"].values())
+
+
+def test_file_sd_of_a_limited_run_keeps_the_rest_of_the_fleet():
+    """--limit a: b keeps the targets the file had for it; c, gone from the inventory, is dropped."""
+    old = FILTERS["prometheus_file_sd"]({"a": host(port=1), "b": host(ip="10.0.0.2"), "c": host(ip="10.0.0.3")},
+                                        ["a", "b", "c"])
+    groups = FILTERS["prometheus_file_sd"]({"a": host(port=30001)}, ["a"], previous=json.dumps(old),
+                                           inventory_hosts=["a", "b"])
+    assert [(g["labels"]["host"], g["targets"]) for g in groups] == [("b", ["10.0.0.2:30000"]), ("a", ["10.0.0.1:30001"])]
+    assert FILTERS["prometheus_file_sd"]({"a": host()}, ["a"], previous="not json", inventory_hosts=["a", "b"]) == \
+        FILTERS["prometheus_file_sd"]({"a": host()}, ["a"])

@@ -1,0 +1,50 @@
+# -*- coding: utf-8 -*-
+# Copyright: gpufleet maintainers
+# Apache License 2.0 (see LICENSE)
+"""Action plugin: check every host's inventory values against every role's argument spec, and digest them."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs
+
+
+class ActionModule(ActionBase):
+    """One controller-side call for the whole play (run_once): on a 2-core controller a task per host
+    and role would cost more than the run's real work (docs/scale.md)."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("roles", "validate_only", "hosts"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        task_vars = task_vars or {}
+        roles = list(self._task.args.get("roles") or [])
+        checked = roles + list(self._task.args.get("validate_only") or [])
+        hosts = self._task.args.get("hosts") or task_vars.get("ansible_play_hosts") or []
+        hostvars = task_vars["hostvars"]
+        names = role_inputs.input_names(checked)
+        fingerprint = role_inputs.content_fingerprint()
+
+        digested = set(role_inputs.input_names(roles))
+        digests, errors = {}, []
+        for host in hosts:
+            host_vars = hostvars[host]
+            given = dict((n, host_vars[n]) for n in names if n in host_vars)
+            for role in checked:
+                options = role_inputs.role_specs(role).get("main") or {}
+                provided = dict((n, v) for n, v in given.items() if n in options)
+                validation = ArgumentSpecValidator(options).validate(provided, validate_role_argument_spec=True)
+                if validation.error_messages:
+                    errors.append(role_inputs.error_message(host, role, validation.error_messages))
+            digests[host] = role_inputs.inputs_digest(dict((n, v) for n, v in given.items() if n in digested),
+                                                      fingerprint)
+        if errors:
+            result.update(failed=True, msg=" ".join(errors))
+            return result
+        result.update(changed=False, digests=digests)
+        return result
