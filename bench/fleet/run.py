@@ -189,15 +189,19 @@ def verdicts(rows):
     """The issue's acceptance, computed from the rows."""
     pick = {(r["hosts"], r["run"]): r for r in rows}
     sizes = sorted({r["hosts"] for r in rows})
+    mark = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     lines = []
     for n in sizes:
         tuned, stock = pick[(n, "no-op")], pick[(n, "no-op, stock")]
-        lines.append(f"N={n}: no-op {tuned['wall_s']:g}s vs stock {stock['wall_s']:g}s: "
-                     f"{stock['wall_s'] / tuned['wall_s']:.1f}x faster (target >= 5x), changed={tuned['changed']}")
+        ratio = stock["wall_s"] / tuned["wall_s"]
+        lines.append(f"{mark(ratio >= 5 and tuned['changed'] == 0)} N={n}: no-op {tuned['wall_s']:g}s vs stock "
+                     f"{stock['wall_s']:g}s: {ratio:.1f}x faster (target >= 5x), changed={tuned['changed']}")
     small, large = pick[(sizes[0], "no-op")], pick[(sizes[-1], "no-op")]
-    growth = (large["wall_s"] / sizes[-1]) / (small["wall_s"] / sizes[0])
-    lines.append(f"no-op per-host wall time N={sizes[-1]} / N={sizes[0]}: {growth:.2f} (target <= 1.5)")
-    lines.append(f"no-op controller CPU at N={sizes[-1]}: {large['cpu_s'] / sizes[-1]:.3f} s per host (target <= 0.3)")
+    for key, label in (("wall_s", "wall time"), ("cpu_s", "controller CPU")):
+        growth = (large[key] / sizes[-1]) / (small[key] / sizes[0])
+        lines.append(f"{mark(growth <= 1.5)} no-op per-host {label} N={sizes[-1]} / N={sizes[0]}: {growth:.2f} (target <= 1.5)")
+    per_host = large["cpu_s"] / sizes[-1]
+    lines.append(f"{mark(per_host <= 0.3)} no-op controller CPU at N={sizes[-1]}: {per_host:.3f} s per host (target <= 0.3)")
     return lines
 
 
@@ -221,10 +225,12 @@ def main():
     finally:
         if not args.keep and os.path.exists(fleet_file):
             sh([sys.executable, LABCTL, "down", "--fleet", fleet_file], cwd=REPO_ROOT)
-    result = {"machine": machine(), "rows": rows, "verdicts": verdicts(rows), "wall_s": round(time.monotonic() - started)}
+    commit = sh(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT).stdout.strip()
+    result = {"machine": machine(), "commit": commit, "rows": rows, "verdicts": verdicts(rows),
+              "wall_s": round(time.monotonic() - started)}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"\n{result['machine']}; {result['wall_s']}s in all\n")
+    print(f"\n{result['machine']}; commit {commit}; {result['wall_s']}s in all\n")
     print(table(rows))
     print("\n" + "\n".join(result["verdicts"]))
 
