@@ -265,9 +265,37 @@ def hf_server_running(host, port):
         return False
 
 
+def hf_servers(host, port):
+    """{pid: --root} of the lab HF servers on host:port (any checkout's)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a.endswith("hf/serve.py") for a in argv) and "--port" in argv and "--root" in argv:
+            if argv[argv.index("--port") + 1] == str(port) and argv[argv.index("--host") + 1] == host:
+                found[int(pid)] = argv[argv.index("--root") + 1]
+    return found
+
+
 def ensure_hf_server(fleet):
     host, port, hf_state = fleet["network"]["gateway"], fleet["hf_server"]["port"], fleet["hf_state"]
     os.makedirs(hf_state, exist_ok=True)
+    for pid, root in hf_servers(host, port).items():
+        if os.path.realpath(root) == os.path.realpath(hf_state):
+            continue
+        if not os.path.isdir(root):  # left by a deleted checkout: it would answer 404 for every repo
+            log(f"stopping a stale Hugging Face server on {host}:{port} (its {root} is gone)")
+            os.kill(pid, 15)
+            for _ in range(50):
+                if not hf_server_running(host, port):
+                    break
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"{host}:{port} is served by the lab of another checkout ({root}): "
+                             f"run `labctl.py down` there first")
     if hf_server_running(host, port):
         return
     sh(sys.executable, os.path.join(LAB_DIR, "hf", "build_repos.py"), "--root", hf_state)
