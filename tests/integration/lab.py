@@ -38,3 +38,23 @@ def host_exec(host, script):
     """Runs a shell script inside a lab host (as root) and returns the completed process."""
     return subprocess.run(["docker", "exec", f"gpufleet-lab-{host}", "bash", "-c", script],
                           capture_output=True, text=True)
+
+
+def labctl(fleet_file, command):
+    return subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO_ROOT, "lab", "labctl.py"), command,
+                           "--fleet", fleet_file], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def fresh_fleet(fleet_file, name):
+    """Brings an extra fleet up from bare hosts for a test module (one left by an interrupted session is
+    removed first). A missing prerequisite skips, or fails under GPUFLEET_REQUIRE_LAB."""
+    import pytest  # only the tests need it, not the helpers above
+
+    labctl(fleet_file, "down")
+    up = labctl(fleet_file, "up")
+    if up.returncode != 0:
+        labctl(fleet_file, "down")
+        message = "the %s fleet did not come up: %s" % (name, (up.stdout + up.stderr)[-2000:])
+        if os.environ.get("GPUFLEET_REQUIRE_LAB"):
+            pytest.fail(message)
+        pytest.skip(message)

@@ -24,6 +24,7 @@ import time
 import ansible_runner
 import pytest
 from ansible.parsing.vault import VaultLib, VaultSecret
+import lab
 from lab import REPO_ROOT, VENV_BIN
 
 pytestmark = pytest.mark.lab
@@ -42,8 +43,7 @@ GATED_DIR = "/srv/models/gpufleet--tiny-qwen2-gated"
 
 
 def labctl(command):
-    return subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO_ROOT, "lab", "labctl.py"), command,
-                           "--fleet", FLEET_FILE], cwd=REPO_ROOT, capture_output=True, text=True)
+    return lab.labctl(FLEET_FILE, command)
 
 
 def hx(host, script):
@@ -60,16 +60,16 @@ def write_private(path, data, mode=0o600):
 def fleet():
     """The runner fleet, up for this module and down after it; one left by an interrupted session is
     removed first. A missing prerequisite skips, or fails under GPUFLEET_REQUIRE_LAB."""
-    labctl("down")
-    up = labctl("up")
-    if up.returncode != 0:
+    lab.fresh_fleet(FLEET_FILE, "runner")
+    try:
+        # Written by labctl when it starts this fleet's HF server. Missing when another checkout's
+        # runner fleet (same container names, network and gateway address) already serves the port.
+        with open(os.path.join(FLEET_STATE, "hf", "gated-token")) as f:
+            hf_token = f.read().strip()
+    except OSError as exc:
         labctl("down")
-        message = "the runner fleet did not come up: %s" % (up.stdout + up.stderr)[-2000:]
-        if os.environ.get("GPUFLEET_REQUIRE_LAB"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with open(os.path.join(FLEET_STATE, "hf", "gated-token")) as f:
-        hf_token = f.read().strip()
+        pytest.fail("the runner fleet's HF server state is missing (%s): is a runner fleet of another "
+                    "checkout up?" % exc)
     yield {"hf_token": hf_token}
     down = labctl("down")
     assert down.returncode == 0, down.stderr
@@ -111,7 +111,9 @@ def pdd(fleet, tmp_path_factory):
 
 def run(pdd, ident, **kwargs):
     started = time.monotonic()
-    result = ansible_runner.run(private_data_dir=str(pdd), playbook="site.yml", ident=ident,
+    # suppress_env_files, as AWX sets it: otherwise runner writes keyword arguments it has no env/ file
+    # for (here: the passwords) into the private data dir.
+    result = ansible_runner.run(private_data_dir=str(pdd), playbook="site.yml", ident=ident, suppress_env_files=True,
                                 passwords={r"Vault password \(%s\):\s*?$" % VAULT_ID: VAULT_PASSWORD}, **kwargs)
     events = list(result.events)
     return {"result": result, "events": events, "stdout": result.stdout.read(), "wall": time.monotonic() - started,
@@ -142,7 +144,8 @@ def assert_every_host_ok(run_):
 
 def summary_rows(run_):
     """{host: row} of the Fleet summary task, read from its runner_on_ok event."""
-    event = next(e for e in run_["events"] if e["event"] == "runner_on_ok" and e["event_data"]["task"] == "Fleet summary")
+    event = next(e for e in run_["events"]
+                 if e["event"] == "runner_on_ok" and e["event_data"]["task"] == "Fleet summary")
     return {line.split()[0]: line for line in event["event_data"]["res"]["msg"] if line.split()[0] in HOSTS}
 
 
@@ -151,11 +154,13 @@ def engine_started_at(host):
 
 
 def files_with(root, text):
-    """Every file under root (recursively) whose bytes contain text."""
+    """Every regular file under root (recursively, links not followed) whose bytes contain text."""
     found = []
     for dirpath, _, names in os.walk(root):
         for name in names:
             path = os.path.join(dirpath, name)
+            if os.path.islink(path) or not os.path.isfile(path):   # SSH control sockets, the project link
+                continue
             with open(path, "rb") as f:
                 if text.encode() in f.read():
                     found.append(path)
@@ -180,8 +185,8 @@ def test_first_run_converges_every_host_healthy(first_run):
     rows = summary_rows(first_run)
     assert sorted(rows) == HOSTS and all(" healthy " in row for row in rows.values()), rows
     # The health gate itself ran on every host (gpufleet.serving.engine_health, from its events).
-    gated = {e["event_data"]["host"] for e in first_run["events"]
-             if e["event"] == "runner_on_ok" and e["event_data"].get("resolved_action") == "gpufleet.serving.engine_health"}
+    gated = {e["event_data"]["host"] for e in first_run["events"] if e["event"] == "runner_on_ok"
+             and e["event_data"].get("resolved_action") == "gpufleet.serving.engine_health"}
     assert gated == set(HOSTS)
 
 
@@ -236,6 +241,11 @@ def test_secrets_are_in_no_artifact(pdd, fleet, first_run, second_run):
     for secret in (KEY, fleet["hf_token"], VAULT_PASSWORD):
         assert files_with(artifacts, secret) == []
         assert secret not in first_run["stdout"] and secret not in second_run["stdout"]
+    # Nor anywhere else in the private data dir (the job's HOME, env/, the fact cache): the key only in
+    # the file it was given in, the token only vaulted, the vault password only in this process.
+    assert files_with(str(pdd), KEY) == [str(pdd / "env" / "extravars")]
+    assert files_with(str(pdd), fleet["hf_token"]) == [] and files_with(str(pdd), VAULT_PASSWORD) == []
+    assert not (pdd / "env" / "passwords").exists()
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in first_run["stdout"]   # passed at -vvvv, and masked
 
 

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
+import lab
 from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
 
 pytestmark = pytest.mark.lab
@@ -34,8 +35,7 @@ FAST = ["-e", "rollout_batch_size=100%"]
 
 
 def labctl(command):
-    return subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO_ROOT, "lab", "labctl.py"), command,
-                           "--fleet", FLEET_FILE], cwd=REPO_ROOT, capture_output=True, text=True)
+    return lab.labctl(FLEET_FILE, command)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,7 @@ def fleet(tmp_path_factory):
     """The rollout fleet, up for this module and down after it (so the lab tests that follow do not
     share this 2-core machine with it). A fleet left by an interrupted session is removed first: the tests
     start from bare hosts. A missing prerequisite skips, or fails under GPUFLEET_REQUIRE_LAB."""
-    labctl("down")
-    up = labctl("up")
-    if up.returncode != 0:
-        labctl("down")
-        message = "the rollout fleet did not come up: %s" % (up.stdout + up.stderr)[-2000:]
-        if os.environ.get("GPUFLEET_REQUIRE_LAB"):
-            pytest.fail(message)
-        pytest.skip(message)
+    lab.fresh_fleet(FLEET_FILE, "rollout")
     work = tmp_path_factory.mktemp("rollout")
     # What a vault file holds in production; passed with -e @file like one.
     secret_vars = work / "secrets.yml"
