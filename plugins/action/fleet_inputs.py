@@ -31,14 +31,16 @@ class ActionModule(ActionBase):
         fingerprint = role_inputs.content_fingerprint()
 
         digested = set(role_inputs.input_names(roles))
+        # One validator per role, built once: the same specs check every host.
+        validators = dict((role, (options, ArgumentSpecValidator(options))) for role, options in
+                          ((r, role_inputs.role_specs(r).get("main") or {}) for r in checked))
         digests, errors = {}, []
         for host in hosts:
             host_vars = hostvars[host]
             given = dict((n, host_vars[n]) for n in names if n in host_vars)
-            for role in checked:
-                options = role_inputs.role_specs(role).get("main") or {}
+            for role, (options, validator) in validators.items():
                 provided = dict((n, v) for n, v in given.items() if n in options)
-                validation = ArgumentSpecValidator(options).validate(provided, validate_role_argument_spec=True)
+                validation = validator.validate(provided, validate_role_argument_spec=True)
                 if validation.error_messages:
                     errors.append(role_inputs.error_message(host, role, validation.error_messages))
             digests[host] = role_inputs.inputs_digest(dict((n, v) for n, v in given.items() if n in digested),

@@ -13,13 +13,8 @@ __metaclass__ = type
 
 import json
 import socket
-
-try:
-    from http.client import HTTPConnection
-    from urllib.parse import quote
-except ImportError:  # Python 2 hosts are not supported by the collection; keep imports importable
-    from httplib import HTTPConnection  # noqa
-    from urllib import quote  # noqa
+from http.client import HTTPConnection
+from urllib.parse import quote
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

@@ -58,8 +58,8 @@ def read_gpu_facts(module, nvidia_smi_path=None, timeout=30):
     return facts
 
 
-def fail_unless_healthy(module, facts, **result):
+def fail_unless_healthy(module, facts):
     """For O(required=true): a host that cannot serve fails, with its facts still returned."""
     if facts["state"] != HEALTHY:
-        result.setdefault("ansible_facts", {})["gpufleet_gpu"] = facts
-        module.fail_json(msg="GPU required but state is %s: %s" % (facts["state"], facts["message"]), **result)
+        module.fail_json(msg="GPU required but state is %s: %s" % (facts["state"], facts["message"]),
+                         ansible_facts={"gpufleet_gpu": facts})

@@ -120,7 +120,7 @@ reasons:
   elements: str
   sample: ["container gpufleet-engine is not running"]
 stamp_written:
-  description: O(state=present) wrote the stamp (anything in it differed, its time included).
+  description: O(state=present) wrote the stamp (always, outside check mode - its time is new).
   returned: when state is present
   type: bool
 state_changed:
@@ -231,11 +231,10 @@ def present(module, now):
     old = read_stamp(params["path"])
     # The stamp is the collection's own bookkeeping, like the fact cache: writing it is no change to
     # the host, so a run that changed nothing else (after a collection upgrade, say) reports none.
-    # It is rewritten whenever anything in it differs, its time and kept facts included.
-    write = stamps.canonical(old) != stamps.canonical(new)
-    if write and not module.check_mode:
+    # Its time is new on every record, so it is always rewritten (outside check mode).
+    if not module.check_mode:
         write_stamp(params["path"], new)
-    module.exit_json(changed=False, converged=True, reasons=[], stamp_written=write and not module.check_mode,
+    module.exit_json(changed=False, converged=True, reasons=[], stamp_written=not module.check_mode,
                      state_changed=not stamps.same_state(old, new))
 
 
