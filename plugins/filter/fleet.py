@@ -3,7 +3,7 @@ role's per-host bookkeeping: its instance planner (engine_instances, which needs
 knowledge table), what it keeps for a rollback (engine_rollback_plan) and its rollout record
 (engine_rollout_record, read by fleet_summary).
 
-Documentation: the sidecar files fleet_models.yml, model_key.yml, resolved_commits.yml, pinned_commit.yml, fleet_summary.yml,
+Documentation: the sidecar files converge_digests.yml, fleet_models.yml, model_key.yml, resolved_commits.yml, pinned_commit.yml, fleet_summary.yml,
 prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml and engine_rollout_record.yml.
 """
 import json
@@ -29,6 +29,21 @@ def pinned_commit(commits, repo_id, revision, endpoint=None):
     """The commit the fleet resolved this host's model reference to; None when it was not resolved
     (offline hosts, or no model)."""
     return (commits or {}).get(model_key(repo_id, revision, endpoint)) if repo_id else None
+
+
+def converge_digests(hostvars, input_digests, commits):
+    """{host: "<inputs digest>:<pinned model commit>"}: what each host's converge stamp must match.
+
+    Computed once for the fleet, so the per-host task that compares stamps templates one plain
+    lookup: a filter in a per-host template would load the filter plugins again in every worker
+    process, which costs more than the comparison (docs/scale.md)."""
+    digests = {}
+    for host, digest in (input_digests or {}).items():
+        hv = hostvars[host]
+        commit = pinned_commit(commits, hv.get("model_fetch_repo_id"), hv.get("model_fetch_revision"),
+                               hv.get("model_fetch_hf_endpoint"))
+        digests[host] = "%s:%s" % (digest, commit or "")
+    return digests
 
 
 def fleet_models(hostvars, hosts):
@@ -179,7 +194,7 @@ def engine_rollout_record(before, after, names, replaced, restored=(), failure=N
 
 class FilterModule:
     def filters(self):
-        return {"fleet_models": fleet_models, "model_key": model_key, "resolved_commits": resolved_commits,
+        return {"converge_digests": converge_digests, "fleet_models": fleet_models, "model_key": model_key, "resolved_commits": resolved_commits,
                 "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
                 "engine_rollback_plan": engine_rollback_plan, "engine_rollout_record": engine_rollout_record}

@@ -8,6 +8,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.gpufleet.serving.plugins.filter.converge import FilterModule
+from ansible_collections.gpufleet.serving.plugins.filter.fleet import FilterModule as FleetFilters
 from ansible_collections.gpufleet.serving.plugins.module_utils import converge_stamp as stamps
 from ansible_collections.gpufleet.serving.plugins.modules import converge_stamp
 from gpu_fixtures import gpu_facts
@@ -149,6 +150,20 @@ def test_converge_report_lists_reasons():
                 "b": {"gpufleet_converge": {"converged": False, "reasons": ["x", "y"]}}}
     assert FILTERS["converge_report"](hostvars, ["a", "b"]) == [
         "1 of 2 hosts are as their last run left them and skip the roles", "b: x; y"]
+
+
+def test_converge_digests_join_inputs_and_each_hosts_pinned_commit():
+    fleet = FleetFilters().filters()
+    model = {"model_fetch_repo_id": "org/m", "model_fetch_revision": "main", "model_fetch_hf_endpoint": "http://hub"}
+    hostvars = {"a": model, "b": dict(model, model_fetch_revision="v2"), "c": {}}
+    commits = {fleet["model_key"]("org/m", "main", "http://hub"): "1" * 40}
+    assert fleet["converge_digests"](hostvars, {"a": "da", "b": "db", "c": "dc"}, commits) == {
+        "a": "da:" + "1" * 40,
+        "b": "db:",  # its revision was not resolved (offline): no commit part
+        "c": "dc:"}  # no model
+    # A branch that moved resolves to another commit: the digest changes, the host takes the full run.
+    moved = {fleet["model_key"]("org/m", "main", "http://hub"): "2" * 40}
+    assert fleet["converge_digests"](hostvars, {"a": "da"}, moved)["a"] == "da:" + "2" * 40
 
 
 # --- the module, in process, against the fake nvidia-smi and a local health endpoint --------------------

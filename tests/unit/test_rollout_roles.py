@@ -66,8 +66,8 @@ def test_playbooks_parse(playbook):
     ("filter", ["engine_instances", "engine_rollback_plan", "engine_rollout_record", "prometheus_file_sd", "fleet_summary"]),
     ("module", ["engine_benchmark", "benchmark_report", "engine_health"]),
     # the fleet-scale plugins (docs/scale.md)
-    ("filter", ["converge_record", "converge_report", "converged_hosts", "engine_image_ref", "pinned_commit",
-                "resolved_commits"]),
+    ("filter", ["converge_digests", "converge_record", "converge_report", "converged_hosts", "engine_image_ref",
+                "pinned_commit", "resolved_commits"]),
     ("module", ["converge_stamp", "fleet_inputs", "controller_file", "gpu_facts"]),
 ])
 def test_plugin_documentation_renders(kind, plugins):
