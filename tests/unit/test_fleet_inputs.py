@@ -125,3 +125,17 @@ def test_controller_file_writes_once_and_respects_check_mode(tmp_path, check):
     assert rc == 0 and "changed=0" in output
     rc, output = play(tmp_path, FILE_PLAY, {"a": {"content": "[2]"}}, "--diff")
     assert rc == 0 and "changed=1" in output and "+[2]" in output and target.read_text() == "[2]"
+
+
+def test_preflight_per_host_tasks_template_no_filter():
+    """A filter in a per-host task makes every host's worker process load the filter plugins and compile
+    the template again (0.05 s per host, docs/scale.md): fleet-wide values are joined by run_once tasks."""
+    import yaml
+    with open(os.path.join(REPO, "roles", "preflight", "tasks", "main.yml")) as handle:
+        tasks = yaml.safe_load(handle)
+    fleet_once = ("ansible.builtin.add_host",)  # runs once for the play whatever the hosts
+    per_host = [t for t in tasks if not t.get("run_once") and not any(a in t for a in fleet_once)]
+    assert [t["name"] for t in per_host] == ["Read the GPU facts and compare the host with its last converged state"]
+    for task in per_host:
+        values = json.dumps({k: v for k, v in task.items() if k != "name"})
+        assert "|" not in values, "%s: %s" % (task["name"], values)
