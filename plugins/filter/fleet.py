@@ -3,8 +3,9 @@ role's per-host bookkeeping: its instance planner (engine_instances, which needs
 knowledge table), what it keeps for a rollback (engine_rollback_plan) and its rollout record
 (engine_rollout_record, read by fleet_summary).
 
-Documentation: the sidecar files converge_digests.yml, fleet_models.yml, model_key.yml, resolved_commits.yml, pinned_commit.yml, fleet_summary.yml,
-prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml and engine_rollout_record.yml.
+Documentation: the sidecar files converge_digests.yml, fleet_models.yml, model_key.yml, resolved_commits.yml,
+pinned_commit.yml, fleet_summary.yml, prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml
+and engine_rollout_record.yml.
 """
 import json
 
@@ -39,22 +40,24 @@ def converge_digests(hostvars, input_digests, commits):
     process, which costs more than the comparison (docs/scale.md)."""
     digests = {}
     for host, digest in (input_digests or {}).items():
-        hv = hostvars[host]
-        commit = pinned_commit(commits, hv.get("model_fetch_repo_id"), hv.get("model_fetch_revision"),
-                               hv.get("model_fetch_hf_endpoint"))
+        commit = pinned_commit(commits, *_model_reference(hostvars[host]))
         digests[host] = "%s:%s" % (digest, commit or "")
     return digests
+
+
+def _model_reference(host_vars):
+    """(repo_id, revision, endpoint) of the model a host's inventory asks model_fetch for."""
+    return (host_vars.get("model_fetch_repo_id"), host_vars.get("model_fetch_revision") or "main",
+            host_vars.get("model_fetch_hf_endpoint") or None)
 
 
 def fleet_models(hostvars, hosts):
     seen = {}
     for host in hosts:
         hv = hostvars[host]
-        repo_id = hv.get("model_fetch_repo_id")
+        repo_id, revision, endpoint = _model_reference(hv)
         if not repo_id or hv.get("model_fetch_offline"):  # offline: no endpoint is ever contacted
             continue
-        revision = hv.get("model_fetch_revision") or "main"
-        endpoint = hv.get("model_fetch_hf_endpoint") or None
         key = model_key(repo_id, revision, endpoint)
         seen.setdefault(key, {"key": key, "repo_id": repo_id, "revision": revision,
                               "endpoint": endpoint, "host": host})
@@ -194,7 +197,7 @@ def engine_rollout_record(before, after, names, replaced, restored=(), failure=N
 
 class FilterModule:
     def filters(self):
-        return {"converge_digests": converge_digests, "fleet_models": fleet_models, "model_key": model_key, "resolved_commits": resolved_commits,
-                "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
+        return {"converge_digests": converge_digests, "fleet_models": fleet_models, "model_key": model_key,
+                "resolved_commits": resolved_commits, "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
                 "engine_rollback_plan": engine_rollback_plan, "engine_rollout_record": engine_rollout_record}

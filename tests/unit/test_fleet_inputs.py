@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs
 
@@ -130,7 +131,6 @@ def test_controller_file_writes_once_and_respects_check_mode(tmp_path, check):
 def test_preflight_per_host_tasks_template_no_filter():
     """A filter in a per-host task makes every host's worker process load the filter plugins and compile
     the template again (0.05 s per host, docs/scale.md): fleet-wide values are joined by run_once tasks."""
-    import yaml
     with open(os.path.join(REPO, "roles", "preflight", "tasks", "main.yml")) as handle:
         tasks = yaml.safe_load(handle)
     fleet_once = ("ansible.builtin.add_host",)  # runs once for the play whatever the hosts
