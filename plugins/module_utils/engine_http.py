@@ -188,3 +188,33 @@ def smoke_chat(base_url, model, prompt, max_tokens, api_key=None, timeout=60.0, 
     rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
     return {"ttft_ms": round((first - sent) * 1000.0, 1), "tokens_per_s": round(rate, 1) if rate else None,
             "completion_tokens": tokens, "text": "".join(text)}
+
+
+# Requests an engine holds (running + queued), by the gauges each engine exports on /metrics:
+# vllm/v1/metrics/loggers.py (0.33.0) and sglang/srt/observability/metrics_collector.py (0.5.23).
+INFLIGHT_METRICS = {
+    "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+}
+
+
+def metric_sum(text, names):
+    """Sum of every sample of the named metrics in a Prometheus text exposition (all label sets)."""
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            total += float(line.rsplit(" ", 1)[1])
+            seen = True
+    return total if seen else None
+
+
+def inflight(base_url, engine, timeout=10.0):
+    """Requests the engine is running or has queued, from its /metrics; None when it does not say."""
+    status, body = get(base_url, "/metrics", timeout=timeout)
+    if status != 200:
+        raise EngineHttpError("/metrics", status, error_message(body))
+    count = metric_sum(body.decode("utf-8", "replace"), INFLIGHT_METRICS[engine])
+    return None if count is None else int(count)

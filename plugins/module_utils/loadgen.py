@@ -109,3 +109,61 @@ def run(url, model, concurrency, requests, max_tokens, prompt, api_key=None, req
     """Every level in turn; each sends max(requests, concurrency) requests at most."""
     send = chat_sender(url, model, prompt, max_tokens, api_key, request_timeout)
     return [run_level(send, level, max(requests, level), level_timeout) for level in concurrency]
+
+
+class SteadyLoad(object):
+    """Open-loop load for a rollout benchmark: one `send(index)` every 1/`rate` seconds, each in a thread of
+    its own, from start() until stop(), whatever the server's speed (a closed loop would slow down with
+    the server and hide the failures). Each sample gets `sent_at`, seconds since start()."""
+
+    def __init__(self, send, rate, clock=time.monotonic, sleep=time.sleep):
+        self.send, self.period, self.clock, self.sleep = send, 1.0 / rate, clock, sleep
+        self.samples, self._lock, self._stop = [], threading.Lock(), threading.Event()
+        self._threads, self._pacer, self.start_time = [], None, None
+
+    def _one(self, index, sent_at):
+        sample = self.send(index)
+        sample["sent_at"] = sent_at
+        with self._lock:
+            self.samples.append(sample)
+
+    def _pace(self):
+        index = 0
+        while not self._stop.is_set():
+            due = self.start_time + index * self.period
+            wait = due - self.clock()
+            if wait > 0:
+                self._stop.wait(wait)
+                continue
+            thread = threading.Thread(target=self._one, args=(index, due - self.start_time), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            index += 1
+
+    def start(self):
+        self.start_time = self.clock()
+        self._pacer = threading.Thread(target=self._pace, daemon=True)
+        self._pacer.start()
+        return self
+
+    def elapsed(self):
+        return self.clock() - self.start_time
+
+    def stop(self, timeout=120.0):
+        """Send nothing more, let the requests in flight finish (up to `timeout` s); the samples by send time."""
+        self._stop.set()
+        self._pacer.join()
+        deadline = self.clock() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - self.clock()))
+        with self._lock:
+            return sorted(self.samples, key=lambda s: s["sent_at"])
+
+
+def window_stats(samples, start=None, end=None):
+    """Sent, failed, p50/p99 latency (ms) of the samples sent in [start, end) seconds, and the first errors."""
+    chosen = [s for s in samples if (start is None or s["sent_at"] >= start) and (end is None or s["sent_at"] < end)]
+    ok = [s["latency_ms"] for s in chosen if s["ok"]]
+    errors = [s["error"] for s in chosen if not s["ok"]]
+    return {"sent": len(chosen), "failed": len(errors), "p50_ms": _round(percentile(ok, 50)),
+            "p99_ms": _round(percentile(ok, 99)), "errors": errors[:5]}
