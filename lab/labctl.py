@@ -33,6 +33,10 @@ BASE_IMAGE = "gpufleet/debian-base:bookworm"
 HOST_IMAGE = "gpufleet/lab-host:bookworm"
 STANDIN_IMAGE = "gpufleet/engine-standin:0.1.0"
 STANDIN_ARCHIVE_IN_HOST = "/opt/gpufleet-lab/images/engine-standin.tar"
+# The gateway's router, built from its pinned PyPI wheel by the collection's own recipe (roles/gateway).
+GATEWAY_IMAGE = "gpufleet/smg:1.13.0"
+GATEWAY_IMAGE_DIR = os.path.join(REPO_ROOT, "roles", "gateway", "files", "image")
+GATEWAY_ARCHIVE_IN_HOST = "/opt/gpufleet-lab/images/smg.tar"
 HF_CLIENT_PIN = "huggingface_hub==2.4.0"
 
 # systemd as PID 1 and a nested dockerd, without --privileged (which fails on this machine kind).
@@ -132,6 +136,31 @@ def host_wheels():
     return wheels
 
 
+def save_archive(image, name, inputs):
+    """The image as an archive the hosts `docker load`, as an air-gapped site loads a real image."""
+    os.makedirs(IMAGES_DIR, exist_ok=True)
+    archive = os.path.join(IMAGES_DIR, name)
+    stamp = archive + ".inputs"
+    if not (os.path.exists(archive) and os.path.exists(stamp) and open(stamp).read() == inputs):
+        sh("docker", "save", "-o", archive + ".tmp", image)
+        os.replace(archive + ".tmp", archive)
+        with open(stamp, "w") as f:
+            f.write(inputs)
+    return archive
+
+
+def build_gateway_image(base_id):
+    """The router image through roles/gateway/files/image/build.sh on the lab's Debian base; the wheels it
+    installs are cached under .cache, so a rebuild does not go back to PyPI."""
+    inputs = base_id[:19] + tree_hash(GATEWAY_IMAGE_DIR) + GATEWAY_IMAGE
+    if image_label(GATEWAY_IMAGE) != inputs:
+        log(f"building {GATEWAY_IMAGE}")
+        sh(os.path.join(GATEWAY_IMAGE_DIR, "build.sh"), GATEWAY_IMAGE, BASE_IMAGE,
+           env=dict(os.environ, PYTHON=sys.executable, SMG_SITE_CACHE=os.path.join(CACHE, "smg-site"),
+                    SMG_VERSION=GATEWAY_IMAGE.rsplit(":", 1)[1], IMAGE_LABEL=f"gpufleet.inputs={inputs}"))
+    return save_archive(GATEWAY_IMAGE, "smg.tar", inputs)
+
+
 def build_images():
     sh(os.path.join(LAB_DIR, "images", "build-base.sh"), capture=False)
     base_id = sh("docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE).stdout.strip()
@@ -152,16 +181,8 @@ def build_images():
     inputs = base_id[:19] + tree_hash(standin_dir, os.path.join(REPO_ROOT, "data", "engine_flags"))
     build_image(STANDIN_IMAGE, ctx, inputs)
 
-    # The hosts load the stand-in from an archive, as an air-gapped site loads a real engine image.
-    os.makedirs(IMAGES_DIR, exist_ok=True)
-    archive = os.path.join(IMAGES_DIR, "engine-standin.tar")
-    stamp = archive + ".inputs"
-    if not (os.path.exists(archive) and os.path.exists(stamp) and open(stamp).read() == inputs):
-        sh("docker", "save", "-o", archive + ".tmp", STANDIN_IMAGE)
-        os.replace(archive + ".tmp", archive)
-        with open(stamp, "w") as f:
-            f.write(inputs)
-    return archive
+    return {"engine": save_archive(STANDIN_IMAGE, "engine-standin.tar", inputs),
+            "gateway": build_gateway_image(base_id)}
 
 
 # --- Hosts -----------------------------------------------------------------------------------------
@@ -194,7 +215,7 @@ def start_host(fleet, name, spec):
     if state is not None:
         sh("docker", "start", cname)
         return True
-    log(f"starting host {name} ({spec['gpu']}, {spec['ip']})")
+    log(f"starting host {name} ({spec.get('gpu') or spec.get('role')}, {spec['ip']})")
     sh("docker", "run", "-d", "--name", cname, "--hostname", name,
        "--network", net["name"], "--ip", spec["ip"],
        "--label", "gpufleet.lab=" + fleet["name"],
@@ -227,12 +248,20 @@ def copy_if_changed(src, cname, dest, mode="0644"):
         dexec(cname, f"chmod {mode} {dest}")
 
 
-def provision_host(fleet, name, spec, pubkey, archive):
-    """What a real host would already have: our key, a GPU (here simulated), and the engine image archive."""
+def is_gateway(spec):
+    return spec.get("role") == "gateway"
+
+
+def provision_host(fleet, name, spec, pubkey, archives):
+    """What a real host would already have: our key, a GPU (here simulated), and the engine image archive;
+    a gateway host (role: gateway) has no GPU and the router's image archive instead."""
     cname = fleet["prefix"] + name
     wait_running(cname)
     dexec(cname, f"grep -qxF '{pubkey.strip()}' /root/.ssh/authorized_keys 2>/dev/null || "
                  f"echo '{pubkey.strip()}' >> /root/.ssh/authorized_keys; chmod 600 /root/.ssh/authorized_keys")
+    if is_gateway(spec):
+        copy_if_changed(archives["gateway"], cname, GATEWAY_ARCHIVE_IN_HOST)
+        return
     # The GPU captures and the fake nvidia-smi are copied, not bind-mounted, so a test can take the GPU
     # away (rm /usr/bin/nvidia-smi) the way a host without a driver looks.
     gpus_tar = os.path.join(STATE, "gpus.tar")  # shared by every fleet
@@ -241,7 +270,7 @@ def provision_host(fleet, name, spec, pubkey, archive):
     dexec(cname, "mkdir -p /usr/share/gpufleet-lab/gpus && tar -C /usr/share/gpufleet-lab/gpus -xf /usr/share/gpufleet-lab/gpus.tar")
     copy_if_changed(os.path.join(LAB_DIR, "fake-nvidia-smi", "nvidia-smi"), cname, "/usr/bin/nvidia-smi", "0755")
     dexec(cname, f"mkdir -p /etc/gpufleet-lab && echo {spec['gpu']} > /etc/gpufleet-lab/gpu")
-    copy_if_changed(archive, cname, STANDIN_ARCHIVE_IN_HOST)
+    copy_if_changed(archives["engine"], cname, STANDIN_ARCHIVE_IN_HOST)
 
 
 def wait_ssh(ip, timeout=30):
@@ -341,14 +370,20 @@ def write_inventory(fleet):
     if not os.path.islink(link):
         os.symlink(os.path.join(REPO_ROOT, "inventories", "lab", "group_vars"), link)
     endpoint = "http://%s:%s" % (fleet["network"]["gateway"], fleet["hf_server"]["port"])
-    groups = {}
+    groups, gateways = {}, {}
     for name, spec in fleet["hosts"].items():
+        if is_gateway(spec):
+            gateways[name] = {"ansible_host": spec["ip"], "ansible_ssh_private_key_file": SSH_KEY}
+            continue
         group = spec.get("group") or PROFILE_GROUPS[spec["gpu"]]
         groups.setdefault(group, {"hosts": {}})["hosts"][name] = {
             "ansible_host": spec["ip"], "ansible_ssh_private_key_file": SSH_KEY,
             "model_fetch_hf_endpoint": endpoint}
+    children = {"gpu_hosts": {"children": groups}}
+    if gateways:
+        children["gateways"] = {"hosts": gateways}
     with open(os.path.join(inv_dir, "hosts.yml"), "w") as f:
-        yaml.safe_dump({"all": {"children": {"gpu_hosts": {"children": groups}}}}, f, sort_keys=False)
+        yaml.safe_dump({"all": {"children": children}}, f, sort_keys=False)
     return inv_dir
 
 
@@ -356,7 +391,7 @@ def cmd_up(args):
     started = time.time()
     fleet = load_fleet(args.fleet)
     ensure_docker()
-    archive = build_images()
+    archives = build_images()
     pubkey = ensure_ssh_key()
     net = fleet["network"]
     ensure_network(net)
@@ -364,7 +399,7 @@ def cmd_up(args):
     for name, spec in hosts.items():
         start_host(fleet, name, spec)
     for name, spec in hosts.items():
-        provision_host(fleet, name, spec, pubkey, archive)
+        provision_host(fleet, name, spec, pubkey, archives)
     for spec in hosts.values():
         wait_ssh(spec["ip"])
     ensure_hf_server(fleet)

@@ -111,8 +111,8 @@ def gateway_summary(hostvars, gateways):
         ready = [u for u in seen if seen[u].get("status") == READY]
         out = ["%s (%s)" % (u, seen[u]["status"] if u in seen else "not registered") for u in wanted if u not in ready]
         kept = [u for u in ready if u not in wanted]  # workers of hosts this run did not reach
-        rows.append((gw, "http://%s:%s" % (_address(gv, gw), gv.get("gateway_port")), gv.get("gateway_model") or "-",
-                     gv.get("gateway_policy") or "-",
+        rows.append((gw, state.get("url") or "-", state.get("model") or gv.get("gateway_model") or "-",
+                     state.get("policy") or "-",
                      "%d/%d%s" % (len(ready) - len(kept), len(wanted), " +%d kept" % len(kept) if kept else ""),
                      ", ".join(out) or "-",
                      "healthy" if state.get("healthy") else "NOT ANSWERING"))
@@ -124,12 +124,11 @@ def gateway_file_sd(hostvars, gateways):
     """Prometheus file_sd target groups of the gateways' metrics endpoints."""
     groups = []
     for gw in gateways or []:
-        gv = hostvars[gw]
-        if not gv.get("gateway_state"):
-            continue
-        groups.append({"targets": ["%s:%s" % (_address(gv, gw), gv.get("gateway_metrics_port"))],
-                       "labels": {"host": gw, "model": gv.get("gateway_model") or "", "container":
-                                  gv.get("gateway_container_name") or "", "exporter": "gateway"}})
+        state = hostvars[gw].get("gateway_state") or {}
+        if state.get("metrics"):
+            groups.append({"targets": [state["metrics"]], "labels": {"host": gw, "model": state.get("model") or "",
+                                                                     "container": state.get("container") or "",
+                                                                     "exporter": "gateway"}})
     return groups
 
 

@@ -75,7 +75,8 @@ def test_capacity_guard_lets_a_model_with_nothing_serving_be_built():
 
 def test_summary_and_file_sd():
     hv = fleet()
-    hv["gw"]["gateway_state"] = {"healthy": True, "wanted": ["http://10.0.0.1:30000", "http://10.0.0.2:30001"],
+    hv["gw"]["gateway_state"] = {"healthy": True, "url": "http://10.0.0.100:30080", "metrics": "10.0.0.100:29000",
+                                 "model": "qwen3", "policy": "cache_aware", "container": "gpufleet-gateway", "wanted": ["http://10.0.0.1:30000", "http://10.0.0.2:30001"],
                                  "workers": [{"url": "http://10.0.0.1:30000", "status": "ready"},
                                              {"url": "http://10.0.0.3:30000", "status": "ready"}]}
     lines = gw.gateway_summary(hv, ["gw", "gw-llama"])
