@@ -6,6 +6,7 @@ import subprocess
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(REPO_ROOT, ".venv", "bin")
 LAB_HOSTS = ["turing-1", "blackwell-1", "l40s-1", "hopper-1"]
+LAB_GATEWAYS = ["gateway-1"]  # no GPU: the router of the lab's model (roles/gateway)
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -32,6 +33,20 @@ def run_playbook(playbook, *args, **env):
                           "unreachable": int(m.group(4)), "failed": int(m.group(5))}
              for m in RECAP_LINE.finditer(output)}
     return res.returncode, output, recap
+
+
+def task_msg(output, task):
+    """The msg of the debug task `task` last printed in `output` (read as YAML: the callback folds long lines)."""
+    import yaml  # only the tests need it, not the helpers above
+
+    part = output[output.rindex("TASK [%s" % task):].splitlines()
+    start = next(i for i, line in enumerate(part) if line.startswith("ok: ["))
+    block = []
+    for line in part[start + 1:]:
+        if not line.strip():
+            break
+        block.append(line)
+    return yaml.safe_load("\n".join(block))["msg"]
 
 
 def host_exec(host, script):

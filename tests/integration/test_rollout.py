@@ -15,7 +15,6 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 import lab
 from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
 
@@ -92,17 +91,9 @@ def http(host, path, key=None, port=None):
 
 
 def report_rows(output, task):
-    """{host: table row} of the report printed by the last `task` (a debug msg list, read as YAML:
-    the callback folds long lines)."""
-    part = output[output.rindex("TASK [%s" % task):].splitlines()
-    start = next(i for i, line in enumerate(part) if line.startswith("ok: ["))
-    block = []
-    for line in part[start + 1:]:
-        if not line.strip():
-            break
-        block.append(line)
+    """{host: table row} of the report printed by the last `task`."""
     rows = {}
-    for line in yaml.safe_load("\n".join(block))["msg"]:
+    for line in lab.task_msg(output, task):
         words = line.split()
         if words and words[0] in HOSTS:
             rows[words[0]] = line

@@ -3,7 +3,7 @@ input stops the run in preflight before any host changes."""
 import json
 
 import pytest
-from lab import LAB_HOSTS, host_exec, run_playbook
+from lab import LAB_GATEWAYS, LAB_HOSTS, host_exec, run_playbook, task_msg
 
 pytestmark = pytest.mark.lab
 
@@ -27,12 +27,15 @@ def play_section(output, play):
 def test_site_converges_every_host_healthy(first_run):
     rc, output, recap = first_run
     assert rc == 0, output[-4000:]
-    assert sorted(h for h in recap if h != "localhost") == sorted(LAB_HOSTS)
+    assert sorted(h for h in recap if h != "localhost") == sorted(LAB_HOSTS + LAB_GATEWAYS)
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap.values()), recap
     summary = output[output.index("TASK [Fleet summary]"):]
     for host in LAB_HOSTS:
         line = next(line for line in summary.splitlines() if line.strip(" -\"'").startswith(host))
         assert "healthy" in line and "FAILED" not in line, line
+    gateway = next(line for line in task_msg(output, "Gateway summary") if line.startswith("gateway-1"))
+    assert gateway.split()[1:5] == ["http://172.28.10.20:30080", "tiny-qwen2", "cache_aware", "4/4"], gateway
+    assert gateway.endswith("healthy"), gateway
 
 
 def test_engine_answers_on_each_host(first_run):

@@ -262,3 +262,22 @@ def test_a_router_that_stalls_costs_the_request_timeout_and_says_so():
     listener.close()
     with pytest.raises(gateway_api.GatewayError, match="no answer"):
         gateway_api.Router(url, KEY, timeout=1).workers()  # refused
+
+
+def test_launcher_turns_the_options_file_into_smg_arguments(tmp_path):
+    sys.path.insert(0, os.path.dirname(LAUNCHER))
+    try:
+        import launch
+    finally:
+        sys.path.pop(0)
+    workers = tmp_path / "workers.json"
+    options = {"port": 30080, "api-key": "k", "worker-urls": ["http://a:1"], "worker-urls-file": str(workers),
+               "disable-retries": True, "log-json": False, "model-path": None}
+    assert launch.router_argv(options) == ["--port", "30080", "--api-key", "k", "--disable-retries",
+                                           "--worker-urls", "http://a:1"]  # no file yet: no more workers
+    workers.write_text(json.dumps(["http://b:2", "http://c:3"]))
+    argv = launch.router_argv(options)
+    assert argv[-4:] == ["--worker-urls", "http://a:1", "http://b:2", "http://c:3"]
+    # smg's own parser takes them.
+    parsed = launch.parse_router_args(argv)
+    assert parsed.worker_urls == ["http://a:1", "http://b:2", "http://c:3"] and parsed.port == 30080

@@ -18,7 +18,7 @@ def role_file(role, path):
         return yaml.safe_load(f)
 
 
-@pytest.mark.parametrize("role", ["engine", "dcgm_exporter"])
+@pytest.mark.parametrize("role", ["engine", "dcgm_exporter", "gateway"])
 def test_every_default_is_specified_with_the_same_default_and_is_valid(role):
     defaults = role_file(role, "defaults/main.yml")
     entries = role_file(role, "meta/argument_specs.yml")["argument_specs"]
