@@ -73,3 +73,30 @@ def fresh_fleet(fleet_file, name):
         if os.environ.get("GPUFLEET_REQUIRE_LAB"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+PAUSE_TASK = "TASK [gpufleet.serving.engine : Pause before the next batch]"
+# Resets every SSH packet, the open ControlPersist connection's too: the host is unreachable at once.
+SSH_RESET = "iptables -%s INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset"
+
+
+def run_losing_host_at_pause(cmd, container):
+    """Runs an ansible-playbook command line; when the rollout's first pause begins, `container` (a lab host's
+    container name) stops answering SSH until the run ends. Returns (returncode, output, blocked: the
+    iptables call, or None when no pause came)."""
+    def block(verb):
+        return subprocess.run(["docker", "exec", container, "bash", "-c", SSH_RESET % verb], capture_output=True,
+                              text=True)
+
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ansible_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, blocked = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if blocked is None and PAUSE_TASK in line:
+                blocked = block("I")
+        rc = proc.wait(timeout=600)
+    finally:
+        block("D")
+    return rc, "".join(lines), blocked

@@ -258,19 +258,7 @@ def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
            "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), *FAST,
            "-e", "engine_served_model_name=tiny-qwen2-b", "-e", "rollout_max_fail_percentage=30",
            "-e", "rollout_pause_between_batches=true", "-e", "rollout_pause_seconds=4"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ansible_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, blocked = [], None
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if blocked is None and "TASK [gpufleet.serving.engine : Pause before the next batch]" in line:
-                # Resets every SSH packet, the open ControlPersist connection's too: unreachable at once.
-                blocked = hx(lost, "iptables -I INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset")
-        rc = proc.wait(timeout=600)
-    finally:
-        hx(lost, "iptables -D INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset")
-    output = "".join(lines)
+    rc, output, blocked = lab.run_losing_host_at_pause(cmd, PREFIX + lost)
     assert blocked is not None and blocked.returncode == 0, output[-3000:]
     assert rc == 4, output[-4000:]                         # 4: some host was unreachable
     recap = recap_of(output)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -149,3 +150,24 @@ def test_modules_through_ansible(tmp_path, standin):
     rc, bad = _ansible(tmp_path, "gpufleet.serving.engine_benchmark",
                        {"url": standin.url, "model": "qwen3", "api_key": "wrong", "concurrency": [1], "requests": 1})
     assert rc == 2 and "no request succeeded at concurrency 1" in bad["msg"] and "401" in bad["msg"]
+
+
+def test_steady_load_sends_on_schedule_whatever_the_server_speed():
+    """Open loop: a slow request does not delay the next one, and stop() waits for those in flight."""
+    def send(index):
+        time.sleep(0.3 if index % 2 else 0.0)  # every other request is slow
+        return {"ok": index != 3, "latency_ms": 300.0 if index % 2 else 1.0, "ttft_ms": None, "tokens": 1,
+                "error": None if index != 3 else "HTTP 503"}
+
+    load = loadgen.SteadyLoad(send, rate=50).start()
+    time.sleep(0.5)
+    samples = load.stop()
+    assert 20 <= len(samples) <= 30  # 50/s for 0.5 s
+    assert [round(s["sent_at"], 2) for s in samples[:3]] == [0.0, 0.02, 0.04]
+    stats = loadgen.window_stats(samples)
+    assert stats["sent"] == len(samples) and stats["failed"] == 1 and stats["errors"] == ["HTTP 503"]
+    assert stats["p50_ms"] in (1.0, 300.0) and stats["p99_ms"] == 300.0
+    early = loadgen.window_stats(samples, end=0.1)
+    assert early["sent"] == 5 and early["failed"] == 1
+    late = loadgen.window_stats(samples, start=10)
+    assert late["sent"] == 0 and late["p50_ms"] is None

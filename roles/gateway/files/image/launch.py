@@ -36,7 +36,7 @@ def router_argv(options):
             argv.append(flag)
         elif isinstance(value, list):
             argv += [flag] + [str(item) for item in value]
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # not `in (False, None)`: 0 == False
             argv += [flag, str(value)]
     return argv
 
