@@ -247,6 +247,10 @@ def test_the_key_is_in_no_argv_and_no_environment_of_the_router(gateway):
     assert gateway.router.workers() == []  # the router runs with that key: it answers its admin API
     with pytest.raises(gateway_api.GatewayError, match="401"):
         gateway_api.Router(gateway.url, "wrong", timeout=5).workers()
+    gateway.log.flush()
+    log = open(gateway.log.name).read()
+    assert "GET" in log or "/workers" in log  # the router logs its requests, and not the key
+    assert KEY not in log
 
 
 def test_a_router_that_stalls_costs_the_request_timeout_and_says_so():
