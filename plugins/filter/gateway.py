@@ -8,6 +8,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
+
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_api import READY, address_of
@@ -100,6 +102,12 @@ def gateways_unanswered(hostvars, gateways):
     return [g for g in gateways or [] if not (hostvars[g].get("gateway_state") or {}).get("healthy")]
 
 
+def _health(state):
+    if not state:
+        return "not in this run"  # --limit left the gateway host out: nothing was asked of it
+    return "healthy" if state.get("healthy") else "NOT ANSWERING"
+
+
 def gateway_summary(hostvars, gateways):
     """One line per gateway: endpoint, model, workers ready / wanted, workers out, health."""
     rows = [("gateway", "endpoint", "model", "policy", "workers in", "workers out", "health")]
@@ -115,13 +123,21 @@ def gateway_summary(hostvars, gateways):
                      state.get("policy") or "-",
                      "%d/%d%s" % (len(ready) - len(kept), len(wanted), " +%d kept" % len(kept) if kept else ""),
                      ", ".join(out) or "-",
-                     "healthy" if state.get("healthy") else "NOT ANSWERING"))
+                     _health(state)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-def gateway_file_sd(hostvars, gateways):
-    """Prometheus file_sd target groups of the gateways' metrics endpoints."""
+def gateway_file_sd(hostvars, gateways, previous=None):
+    """Prometheus file_sd target groups of the gateways' metrics endpoints.
+
+    A gateway this run did not reach (a --limit run) or whose router did not answer keeps the target
+    ``previous`` (the file's current JSON text) lists for it: a partial run or a router that is down never
+    drops it from monitoring (a target that is down is what alerts)."""
+    try:
+        old = json.loads(previous) if previous else []
+    except ValueError:
+        old = []
     groups = []
     for gw in gateways or []:
         state = hostvars[gw].get("gateway_state") or {}
@@ -129,6 +145,10 @@ def gateway_file_sd(hostvars, gateways):
             groups.append({"targets": [state["metrics"]], "labels": {"host": gw, "model": state.get("model") or "",
                                                                      "container": state.get("container") or "",
                                                                      "exporter": "gateway"}})
+        else:  # not reached, or not answering: Prometheus keeps watching the last known target
+            groups.extend(g for g in old if isinstance(g, dict)
+                          and (g.get("labels") or {}).get("host") == gw
+                          and g["labels"].get("exporter") == "gateway")
     return groups
 
 

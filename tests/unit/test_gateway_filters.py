@@ -1,5 +1,7 @@
 """Which engines sit behind which gateway, the inputs the gateway play refuses, and the rollout's capacity
 guard (plugins/filter/gateway.py), on hostvars shaped like the rollout leaves them."""
+import json
+
 import pytest
 
 from ansible_collections.gpufleet.serving.plugins.filter import gateway as gw
@@ -83,11 +85,26 @@ def test_summary_and_file_sd():
     assert lines[0].split() == ["gateway", "endpoint", "model", "policy", "workers", "in", "workers", "out", "health"]
     assert lines[1].split()[:7] == ["gw", "http://10.0.0.100:30080", "qwen3", "cache_aware", "1/2", "+1", "kept"]
     assert "http://10.0.0.2:30001 (not registered)" in lines[1] and lines[1].endswith("healthy")
-    assert lines[2].split()[0] == "gw-llama" and lines[2].endswith("NOT ANSWERING")
+    assert lines[2].split()[0] == "gw-llama" and lines[2].endswith("not in this run")
     assert gw.gateways_unanswered(hv, ["gw", "gw-llama"]) == ["gw-llama"]
     assert gw.gateway_file_sd(hv, ["gw", "gw-llama"]) == [
         {"targets": ["10.0.0.100:29000"],
          "labels": {"host": "gw", "model": "qwen3", "container": "gpufleet-gateway", "exporter": "gateway"}}]
+
+
+def test_a_gateway_the_router_did_not_answer_for_and_one_outside_a_limit_run():
+    hv = fleet()
+    hv["gw"]["gateway_state"] = {"healthy": False, "model": "qwen3"}
+    lines = gw.gateway_summary(hv, ["gw", "gw-llama"])
+    assert lines[1].endswith("NOT ANSWERING") and lines[2].endswith("not in this run")
+    previous = json.dumps([
+        {"targets": ["10.0.0.1:30000"], "labels": {"host": "h1", "exporter": "engine"}},
+        {"targets": ["10.0.0.100:29000"], "labels": {"host": "gw", "exporter": "gateway"}},
+        {"targets": ["10.0.0.101:29000"], "labels": {"host": "gw-llama", "exporter": "gateway", "model": "llama"}}])
+    # gw-llama was outside the run, gw's router is down: both stay watched, engines' targets are not theirs.
+    assert gw.gateway_file_sd(hv, ["gw", "gw-llama"], previous=previous) == json.loads(previous)[1:]
+    assert gw.gateway_file_sd(hv, ["gw", "gw-llama"], previous="not json") == []
+    assert gw.gateway_file_sd(hv, ["gw-llama"], previous=previous) == json.loads(previous)[2:]  # gw left the inventory
 
 
 def test_a_malformed_fact_is_one_filter_error():
