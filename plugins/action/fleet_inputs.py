@@ -9,6 +9,7 @@ __metaclass__ = type
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_draft
 from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs
 
 
@@ -43,6 +44,8 @@ class ActionModule(ActionBase):
                 validation = validator.validate(provided, validate_role_argument_spec=True)
                 if validation.error_messages:
                     errors.append(role_inputs.error_message(host, role, validation.error_messages))
+            if "engine" in validators:  # the draft model must be one model_fetch fetches
+                errors += engine_draft.input_errors(host, given)
             digests[host] = role_inputs.inputs_digest(dict((n, v) for n, v in given.items() if n in digested),
                                                       fingerprint)
         if errors:

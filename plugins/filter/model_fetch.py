@@ -53,12 +53,14 @@ def model_fetch_disagreement(hostvars, hosts):
 
 
 def model_fetch_fact(snapshots, results):
-    """gpufleet_model, the fact the engine role reads: the model's repo_id, dir, commit_sha and bytes, and
+    """gpufleet_model, the fact the engine role reads: the model's repo_id, dir, commit_sha, bytes (the whole
+    snapshot) and weights_bytes (the weight files the engines load: what the planner's fit counts), and
     the same for each extra model (with its name) under extra_models."""
     entries = [{"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": snapshot["dir"],
-                "commit_sha": result.get("commit_sha"), "bytes": result.get("bytes")}
+                "commit_sha": result.get("commit_sha"), "bytes": result.get("bytes"),
+                "weights_bytes": result.get("weights_bytes")}
                for snapshot, result in zip(snapshots, results)]
-    fact = {key: entries[0][key] for key in ("repo_id", "dir", "commit_sha", "bytes")}
+    fact = {key: entries[0][key] for key in ("repo_id", "dir", "commit_sha", "bytes", "weights_bytes")}
     fact["extra_models"] = entries[1:]
     return fact
 

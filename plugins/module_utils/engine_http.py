@@ -17,9 +17,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import json
 import re
+import struct
 import time
+import zlib
 
 from http.client import HTTPException
 from urllib.error import HTTPError
@@ -188,6 +191,35 @@ def smoke_chat(base_url, model, prompt, max_tokens, api_key=None, timeout=60.0, 
     rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
     return {"ttft_ms": round((first - sent) * 1000.0, 1), "tokens_per_s": round(rate, 1) if rate else None,
             "completion_tokens": tokens, "text": "".join(text)}
+
+
+def tiny_png(side=32):
+    """A side x side grey PNG (stdlib only). 32 px: the smallest side both Qwen-VL processors take
+    without upscaling (patch 14 x merge 2 = 28, patch 16 x merge 2 = 32)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(b"\x00" + b"\x80" * side for _ in range(side))  # filter byte + 8-bit grey pixels
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def image_message(prompt="Describe the image in one word."):
+    """One OpenAI chat user message with a text part and an image_url part (a base64 PNG data URL)."""
+    url = "data:image/png;base64," + base64.b64encode(tiny_png()).decode("ascii")
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                        {"type": "text", "text": prompt}]}
+
+
+def image_chat(base_url, model, max_tokens=8, api_key=None, timeout=120.0):
+    """One non-streamed chat completion with an image; returns its completion token count. Raises
+    EngineHttpError when the engine refuses it (a VLM served without its multimodal side does)."""
+    payload = {"model": model, "messages": [image_message()], "max_tokens": max_tokens, "temperature": 0}
+    try:
+        with _request(base_url, "/v1/chat/completions", api_key, payload, timeout) as resp:
+            body = json.loads(resp.read())
+    except HTTPError as exc:
+        raise EngineHttpError("/v1/chat/completions (image)", exc.code, error_message(exc.read()))
+    return (body.get("usage") or {}).get("completion_tokens") or 0
 
 
 # Requests an engine holds (running + queued), by the gauges each engine exports on /metrics:

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
+from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump, vision_fit
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
     arch_key, driver_branch, engine_versions, load_knowledge, max_cuda_for_driver, min_driver_for_cuda,
     runs_kernels, version_tuple)
@@ -30,7 +30,7 @@ ENGINE_NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
 OWNED = ("model", "api_key", "config_file")
 # The semantic settings an override may pin; the planner validates them against the GPU.
 SEMANTIC = ("host", "port", "served_name", "tp", "dtype", "quantization", "kv_cache_dtype", "attention",
-            "memory_fraction", "context_length", "max_running_requests")
+            "memory_fraction", "context_length", "max_running_requests", "expert_parallel")
 
 
 def plan_hash(plan):
@@ -51,6 +51,16 @@ def _gpu(facts, host):
     gpus = facts.get("gpus") or []
     if not gpus or not facts.get("compute_capability"):
         raise PlanError("%s: GPU facts list no GPU with a compute_capability: re-gather gpufleet_gpu facts" % host)
+    # MIG (docs/planning.md "MIG"): a GPU in MIG mode cannot be handed whole to a container; only the
+    # one-device view engine_deploy builds per MIG device (a GPU entry carrying `mig_device`) is planned.
+    whole = [str(g.get("index")) for g in gpus if g.get("mig_mode") == "Enabled" and not g.get("mig_device")]
+    if whole:
+        raise PlanError("%s: GPU %s is in MIG mode, so a container cannot use the whole GPU: set engine_instances "
+                        "to one per MIG device (mig: <index in gpufleet_gpu.mig_devices>), or disable MIG "
+                        "(nvidia-smi -i %s -mig 0, then reset the GPU)" % (host, ", ".join(whole), ",".join(whole)))
+    if len(gpus) > 1 and any(g.get("mig_device") for g in gpus):
+        raise PlanError("%s: one engine cannot span several MIG devices (MIG devices have no peer-to-peer, so no "
+                        "tensor parallelism): give each MIG device its own engine_instances entry" % host)
     memory = facts.get("memory_min_mib") or min(g["memory_mib"] for g in gpus)
     return {
         "cc": str(facts["compute_capability"]),
@@ -208,7 +218,7 @@ def _overrides(overrides, flags, ev):
         return {}, []
     if not isinstance(overrides, dict):
         raise PlanError("overrides must be a mapping of full flag names to values, e.g. {'--mem-fraction-static': 0.8}")
-    owned = {ev["flags"].get(k) for k in OWNED} - {None}
+    owned = ({ev["flags"].get(k) for k in OWNED} | set(ev.get("owned_flags") or ())) - {None}
     result, warnings = {}, []
     for key, value in overrides.items():
         name = key if str(key).startswith("-") else "--" + str(key)
@@ -223,8 +233,10 @@ def _overrides(overrides, flags, ev):
         canonical = flags.canonical(name)
         if canonical in owned:
             raise PlanError("override %s is set by the planner: %s" % (name, (
-                "give the model as model.path" if canonical == ev["flags"].get("model")
-                else "pass api_key=true; the key is delivered by %s, never on the command line" % ev["api_key"]["via"])))
+                "remove it from the overrides and give the model as model.path"
+                if canonical == ev["flags"].get("model") or canonical in (ev.get("owned_flags") or ())
+                else "pass api_key=true; the key is delivered by %s, never on the command line"
+                % ev["api_key"]["via"])))
         if name in ev["deprecated_flags"]:
             warnings.append("override %s is deprecated in %s: use %s" % (name, flags.label, ev["deprecated_flags"][name]))
         result[canonical] = _override_value(flags, name, value)
@@ -288,9 +300,13 @@ def _choose_quantization(arch, ae, dims, preset, pinned, gpu, where, warnings):
         if checkpoint not in ae["quantization"]:
             raise PlanError("%s: the checkpoint is quantized with %r, which does not run on %s: use a checkpoint "
                             "quantized with one of %s" % (where, checkpoint, label, ", ".join(ae["quantization"])))
-        if preset["weights"] == "fp8" and checkpoint != "fp8":
-            raise PlanError("%s: preset fp8 needs an unquantized or FP8 checkpoint; this one is %s: use preset balanced"
-                            % (where, checkpoint))
+        if preset["weights"] == "fp8":
+            if not arch["fp8_native"]:
+                raise _no_fp8(arch, gpu, "preset fp8", where)
+            if not (dims["quant_float"] and dims["quant_bits"] == 8):
+                raise PlanError("%s: preset fp8 needs an unquantized or FP8 checkpoint; this one is %s (%s-bit %s "
+                                "weights): use preset balanced" % (where, checkpoint, dims["quant_bits"] or "?",
+                                                                  "float" if dims["quant_float"] else "integer"))
         return None, False
     if preset["weights"] == "fp8" and not arch["fp8_native"]:
         raise _no_fp8(arch, gpu, "preset fp8", where)
@@ -302,38 +318,59 @@ def _choose_quantization(arch, ae, dims, preset, pinned, gpu, where, warnings):
     return None, False
 
 
-def _choose_kv_cache(arch, ae, ev, preset, pinned, gpu, where):
+def _choose_kv_cache(arch, ae, ev, preset, pinned, gpu, dims, where):
     if pinned is not None:
-        if pinned not in ae["kv_cache_dtypes"]:
-            raise PlanError("%s: KV cache dtype %r is not usable on CC %s (%s): choose one of %s"
-                            % (where, pinned, gpu["cc"], arch["architecture"], ", ".join(ae["kv_cache_dtypes"])))
+        usable = [k for k in ae["kv_cache_dtypes"] if not dims["mla"] or k in ev["mla_kv_cache_dtypes"]]
+        if pinned not in usable:
+            raise PlanError("%s: KV cache dtype %r is not usable on CC %s (%s)%s: choose one of %s"
+                            % (where, pinned, gpu["cc"], arch["architecture"],
+                               " for an MLA model" if dims["mla"] else "", ", ".join(usable)))
         return pinned
     if preset["kv_cache"] == "fp8" and not arch["fp8_kv_cache"]:
         raise _no_fp8(arch, gpu, "an FP8 KV cache", where)
     return ev["fp8_kv_cache_dtype"] if preset["kv_cache"] != "auto" and arch["fp8_kv_cache"] else "auto"
 
 
-def _attention_takes(ae, backend, kv_dtype):
+def _attention_takes(table, backend, kv_dtype):
     if KV_BYTES.get(kv_dtype, 2) >= 2 or kv_dtype == "auto":
         return True
     # fa3 + fp8_e5m2 silently falls back to triton in SGLang.
-    return backend in ae["fp8_kv_backends"] and not (backend == "fa3" and kv_dtype == "fp8_e5m2")
+    return backend in table["fp8_kv_backends"] and not (backend == "fa3" and kv_dtype == "fp8_e5m2")
 
 
-def _choose_attention(engine, arch, ae, kv_dtype, pinned, gpu, where):
+def _attention_table(ae, dims, where):
+    """The backends of this CC for the model's attention: MLA models get the arch's `mla` entry."""
+    if not dims["mla"]:
+        return ae
+    table = ae.get("mla")
+    if not table or table.get("default_attention") not in table.get("attention_backends", ()) or not set(
+            table.get("fp8_kv_backends", ())) <= set(table["attention_backends"]):
+        raise PlanError("%s: the model uses MLA (kv_lora_rank) and knowledge table entry archs.<cc>.<engine>.mla is "
+                        "missing or malformed: fix data/knowledge.yml" % where)
+    return table
+
+
+def _choose_attention(engine, arch, ae, kv_dtype, pinned, gpu, dims, where):
+    table = _attention_table(ae, dims, where)
+    kind = " for MLA models (kv_lora_rank; the other backends cannot read a latent KV cache)" if dims["mla"] else ""
     if pinned is not None:
         backend = pinned.upper() if engine == "vllm" else pinned   # vLLM names are case-insensitive
-        if backend not in ae["attention_backends"]:
-            raise PlanError("%s: attention backend %r is not available to %s on CC %s (%s): choose one of %s"
-                            % (where, pinned, ENGINE_NAMES[engine], gpu["cc"], arch["architecture"],
-                               ", ".join(ae["attention_backends"])))
-        if not _attention_takes(ae, backend, kv_dtype):
-            raise PlanError("%s: attention backend %s cannot use the %s KV cache on CC %s: use one of %s or "
-                            "KV cache dtype auto" % (where, backend, kv_dtype, gpu["cc"], ", ".join(ae["fp8_kv_backends"])))
+        if backend not in table["attention_backends"]:
+            raise PlanError("%s: attention backend %r is not available to %s on CC %s (%s)%s: choose one of %s"
+                            % (where, pinned, ENGINE_NAMES[engine], gpu["cc"], arch["architecture"], kind,
+                               ", ".join(table["attention_backends"])))
+        if not _attention_takes(table, backend, kv_dtype):
+            raise PlanError("%s: attention backend %s cannot use the %s KV cache on CC %s%s: use one of %s or "
+                            "KV cache dtype auto" % (where, backend, kv_dtype, gpu["cc"], kind,
+                                                     ", ".join(table["fp8_kv_backends"])))
         return backend
-    backend = ae["default_attention"]
-    if not _attention_takes(ae, backend, kv_dtype):
-        backend = next(b for b in ae["fp8_kv_backends"] if _attention_takes(ae, b, kv_dtype))
+    by_arch = table.get("default_by_architecture") or {}
+    backend = next((by_arch[a] for a in dims["architectures"] if a in by_arch), table["default_attention"])
+    if not _attention_takes(table, backend, kv_dtype):
+        backend = next((b for b in table["fp8_kv_backends"] if _attention_takes(table, b, kv_dtype)), None)
+        if backend is None:
+            raise PlanError("%s: no %s attention backend on CC %s reads a %s KV cache%s: set KV cache dtype auto"
+                            % (where, ENGINE_NAMES[engine], gpu["cc"], kv_dtype, kind))
     return backend
 
 
@@ -350,18 +387,79 @@ def _check_attention_config(ae, value, gpu, arch, where):
                            ", ".join(map(str, ae["flash_attn_versions"])) or "no FlashAttention (TRITON_ATTN)"))
 
 
-def _sglang_fraction(memory, gpu_mib, tp, cuda_graph, max_running, vision):
-    """SGLang's own default mem-fraction-static (arg_groups/memory_hook.py), reproduced."""
+def _graph_phases(ev, pre, ae, ovr, dims):
+    """{decode, prefill}: CUDA graphs on or off after the preset and the overrides that switch
+    them (cuda_graph_switches, then the per-phase backend flags, in the order of SGLang's
+    parse_cuda_graph_config). SGLang turns prefill graphs off itself for VLMs outside its list
+    (cuda_graph_hook.py disable_breakable_cudagraph_if_incompatible) unless an override set them."""
+    on = pre["cuda_graph"] and ae["cuda_graph"]
+    phases, pinned = {"decode": on, "prefill": on}, set()
+    for flag, turned in (ev.get("cuda_graph_switches") or {}).items():
+        if ovr.get(flag) is not None:
+            phases.update({phase: not ovr[flag] for phase in turned})
+            pinned.update(turned)
+    for flag, phase in (ev.get("cuda_graph_backend_flags") or {}).items():
+        if ovr.get(flag) is not None:
+            phases[phase] = ovr[flag] != "disabled"
+            pinned.add(phase)
+    vlm_archs = ev["memory"].get("prefill_graph_vlm_archs")
+    if (vlm_archs is not None and dims["vision_config"] and "prefill" not in pinned
+            and not set(dims["architectures"]) & set(vlm_archs)):
+        phases["prefill"] = False
+    return phases
+
+
+def _tokens(value, flag, where):
+    """A token count override: an int or the engines' human-readable form (8k, 8K)."""
+    try:
+        return parse_context(value)
+    except PlanError:
+        raise PlanError("%s: %s must be a number of tokens (e.g. 8192 or 8k), not %r" % (where, flag, value)) from None
+
+
+def _memory_settings(ev, ovr, where):
+    """{role: tokens} of the overrides the memory estimate reads (memory.override_flags)."""
+    names = ev["memory"].get("override_flags") or {}
+    return {role: _tokens(ovr[flag], flag, where) for role, flag in names.items() if ovr.get(flag) is not None}
+
+
+def _prefill_graph_sizes(memory, max_bs):
+    """How many token sizes SGLang captures prefill graphs for (generate_prefill_cuda_graph_batch_sizes)."""
+    count = 0
+    for start, stop, step in memory["prefill_graph_sizes"]:
+        stop = max_bs if stop is None else min(stop, max_bs)
+        count += (stop - start) // step + 1 if stop >= start else 0
+    return count
+
+
+def _sglang_reserve(memory, gpu_mib, tp, phases, max_running, dims, settings):
+    """(reserve MiB, chunked prefill tokens): SGLang's activation + CUDA-graph headroom
+    (arg_groups/memory_hook.py handle_gpu_memory_settings and reserve_for_graph_mb)."""
     tier = next(t for t in memory["tiers"] if t["below_mib"] is None or gpu_mib < t["below_mib"])
-    graph_bs = tier["graph_max_bs"][0 if tp < 4 else 1]
-    if max_running:
-        graph_bs = min(graph_bs, max_running)
-    reserve = (memory["base_reserve_mib"]
-               + memory["activation_mib_per_token"] * max(tier["chunked_prefill"], memory["min_activation_tokens"])
-               + memory["per_tp_rank_mib"] * tp
-               + (memory["graph_mib_per_bs"] * graph_bs if cuda_graph else 0))
+    chunked = settings.get("chunked_prefill", tier["chunked_prefill"])
+    decode_bs = settings.get("decode_graph_max_bs") or tier["graph_max_bs"][0 if tp < 4 else 1]
+    if max_running and "decode_graph_max_bs" not in settings:
+        decode_bs = min(decode_bs, max_running)
+    tokens = chunked if chunked > 0 else settings.get("max_prefill_tokens", memory["max_prefill_tokens"])
+    reserve = (memory["base_reserve_mib"] + memory["per_tp_rank_mib"] * tp
+               + memory["activation_mib_per_token"] * max(tokens, memory["min_activation_tokens"]))
+    if phases["decode"]:
+        reserve += memory["graph_mib_per_bs"] * decode_bs
+    if phases["prefill"]:
+        if dims["mla"]:
+            reserve += memory["mla_prefill_graph_mib"]      # "MLA backend overhead is much higher"
+        else:
+            max_bs = settings.get("prefill_graph_max_bs")
+            if max_bs is None:
+                max_bs = min(chunked, settings.get("max_total_tokens") or chunked)
+            reserve += memory["prefill_graph_mib_per_size"] * _prefill_graph_sizes(memory, max_bs)
     if gpu_mib > memory["large_gpu"]["above_mib"]:
         reserve = max(reserve, memory["large_gpu"]["min_reserve_mib"])
+    return reserve, chunked
+
+
+def _sglang_fraction(memory, gpu_mib, reserve, vision):
+    """SGLang's own default mem-fraction-static, with the vision-tower factor for VLMs."""
     fraction = round((gpu_mib - reserve) / gpu_mib, 3)
     if vision:
         vlm = memory["vlm"]
@@ -372,16 +470,62 @@ def _sglang_fraction(memory, gpu_mib, tp, cuda_graph, max_running, vision):
     return fraction
 
 
-def _choose_fraction(engine, ev, preset, pinned, gpu_mib, tp, cuda_graph, max_running, dims, where):
+def _vllm_reserve(memory, gpu, phases, settings):
+    """(reserve MiB, batched tokens) inside vLLM's --gpu-memory-utilization: the policy reserve
+    at the engine's default max-num-batched-tokens for this GPU, moved by the batched-token
+    override and by --enforce-eager."""
+    default = next(t["tokens"] for t in memory["default_batched_tokens"] if gpu["memory_mib"] >= t["min_mib"]
+                   and not any(n in gpu["name"] for n in t.get("not_names") or ()))
+    batched = settings.get("max_batched_tokens", default)
+    reserve = memory["activation_reserve_mib"] + memory["activation_mib_per_batched_token"] * (batched - default)
+    if not (phases["decode"] or phases["prefill"]):
+        reserve -= memory["cuda_graph_reserve_mib"]
+    return max(reserve, memory["min_reserve_mib"]), batched
+
+
+def _memory(engine, ev, gpu, tp, phases, max_running, dims, settings):
+    """(reserve inside the fraction in MiB, SGLang's own fraction or None, prefill tokens)."""
+    memory = ev["memory"]
+    if memory["fraction"] == "engine_formula":
+        reserve, chunked = _sglang_reserve(memory, gpu["memory_mib"], tp, phases, max_running, dims, settings)
+        return memory["activation_reserve_mib"], _sglang_fraction(memory, gpu["memory_mib"], reserve,
+                                                                  dims["vision_config"]), chunked
+    reserve, batched = _vllm_reserve(memory, gpu, phases, settings)
+    return reserve, None, batched
+
+
+def _choose_fraction(ev, preset, pinned, engine, formula, where):
     if pinned is not None:
         value = _number(pinned, ev["flags"]["memory_fraction"], where, float)
         if not 0 < value <= 1:
             raise PlanError("%s: %s %r must be a fraction of GPU memory in (0, 1], e.g. 0.85"
                             % (where, ev["flags"]["memory_fraction"], pinned))
         return value
-    if ev["memory"]["fraction"] == "engine_formula":
-        return _sglang_fraction(ev["memory"], gpu_mib, tp, cuda_graph, max_running, dims["vision_config"])
-    return preset["memory_fraction"][engine]
+    return formula if formula is not None else preset["memory_fraction"][engine]
+
+
+def _choose_expert_parallel(ev, dims, tp, pinned, flag, where, warnings):
+    """Expert parallelism for a MoE model over more than one GPU: SGLang --ep-size tp, vLLM
+    --enable-expert-parallel. None when the model has no experts, runs on one GPU, or its experts
+    do not split evenly over the ranks."""
+    moe, style = dims["moe"], ev["expert_parallel"]["style"]
+    if pinned is not None:
+        value = _number(pinned, flag, where) if style == "size" else pinned
+        if value in (None, False, 1):
+            return value
+        if not moe:
+            raise PlanError("%s: %s is set but the model is not a mixture-of-experts model (no experts in "
+                            "config.json): remove the override" % (where, flag))
+        if style == "size" and value != tp:
+            raise PlanError("%s: %s %d must be 1 or the tensor parallel size %d" % (where, flag, value, tp))
+        return value
+    if not moe or tp < 2:
+        return None
+    if moe["num_experts"] % tp:
+        warnings.append("%s: %d experts do not split evenly over %d GPUs: no expert parallelism (experts are "
+                        "sharded by tensor parallelism instead)" % (where, moe["num_experts"], tp))
+        return None
+    return tp if style == "size" else True
 
 
 def _number(value, flag, where, kind=int):
@@ -498,7 +642,7 @@ def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warning
             "preset": kn["presets"][preset], "image": image_name, "where": where, "flags": flags}
 
 
-def _decide(ctx, dims, model, pinned, warnings):
+def _decide(ctx, dims, model, pinned, ovr, warnings):
     """The settings of the plan, each from the table, the preset and a validated override."""
     engine, ev, gpu, arch, ae, pre, where = (ctx[k] for k in ("engine", "ev", "gpu", "arch", "ae", "preset", "where"))
     names = ev["flags"]
@@ -507,23 +651,31 @@ def _decide(ctx, dims, model, pinned, warnings):
         warnings.append("%s: tensor parallel size %d leaves %d GPU(s) unused (the model's heads allow no more)"
                         % (where, tp, gpu["count"] - tp))
     quantization, fp8_online = _choose_quantization(arch, ae, dims, pre, pinned("quantization"), gpu, where, warnings)
-    kv_dtype = _choose_kv_cache(arch, ae, ev, pre, pinned("kv_cache_dtype"), gpu, where)
+    kv_dtype = _choose_kv_cache(arch, ae, ev, pre, pinned("kv_cache_dtype"), gpu, dims, where)
     if pinned("attention_config") is not None:
         _check_attention_config(ae, pinned("attention_config"), gpu, arch, where)
-    cuda_graph = pre["cuda_graph"] and ae["cuda_graph"]
+    phases = _graph_phases(ev, pre, ae, ovr, dims)
     max_running = (_positive(pinned("max_running_requests"), names["max_running_requests"], where)
                    or pre["max_running_requests"])
+    settings = _memory_settings(ev, ovr, where)
+    reserve_mib, formula, prefill_tokens = _memory(engine, ev, gpu, tp, phases, max_running, dims, settings)
     return {
         "tp": tp,
         "dtype": _choose_dtype(arch, dims, pinned("dtype"), where, warnings),
         "quantization": quantization,
         "fp8_online": fp8_online,
         "kv_dtype": kv_dtype,
-        "attention": _choose_attention(engine, arch, ae, kv_dtype, pinned("attention"), gpu, where),
-        "cuda_graph": cuda_graph,
+        "attention": _choose_attention(engine, arch, ae, kv_dtype, pinned("attention"), gpu, dims, where),
+        "cuda_graph": phases["decode"],
+        "prefill_cuda_graph": phases["prefill"],
+        "graphs_off_by_preset": not (pre["cuda_graph"] and ae["cuda_graph"]),
         "max_running": max_running,
-        "fraction": _choose_fraction(engine, ev, pre, pinned("memory_fraction"), gpu["memory_mib"], tp, cuda_graph,
-                                     max_running, dims, where),
+        "fraction": _choose_fraction(ev, pre, pinned("memory_fraction"), engine, formula, where),
+        "reserve_mib": reserve_mib,
+        "prefill_tokens": prefill_tokens,
+        "max_total_tokens": settings.get("max_total_tokens"),
+        "expert_parallel": _choose_expert_parallel(ev, dims, tp, pinned("expert_parallel"),
+                                                   names.get("expert_parallel"), where, warnings),
         "speculative": _speculative(engine, ev, model, where),
         "port": _positive(pinned("port"), names["port"], where, 65535) or ev["port"],
     }
@@ -540,6 +692,11 @@ def _fit(kn, ctx, model, dims, d, pinned, warnings):
                             "intermediate_size to estimate it: pass weights_bytes" % (where, name))
         warnings.append("%s: weights of %s estimated from config.json (%.1f GiB); pass model.weights_bytes"
                         % (where, name, weights / GIB))
+    # a VLM's vision tower (vision_fit.py): its weights when they were estimated from the
+    # text config, and its activations where the engine's memory fraction has to hold them.
+    vision = d["vision"] = vision_fit.vision_plan(ctx["engine"], model.get("config"), d["dtype"], where)
+    if vision and not model.get("weights_bytes"):
+        weights += vision["weights_bytes"]
     stored, served = DTYPE_BYTES.get(dims["dtype"], 2), DTYPE_BYTES[d["dtype"]]
     if not dims["quant_method"] and stored > served:
         weights = weights * served // stored      # a float32 checkpoint is loaded in 16 bits
@@ -550,7 +707,9 @@ def _fit(kn, ctx, model, dims, d, pinned, warnings):
     context = pinned("context_length")
     result, fit_warnings = fit(
         dims, weights_bytes=weights, gpu_memory_bytes=ctx["gpu"]["memory_mib"] * MIB, memory_fraction=d["fraction"],
-        reserve_bytes=int(ctx["ev"]["memory"]["activation_reserve_mib"] * MIB), tp=d["tp"],
+        reserve_bytes=int(d["reserve_mib"] * MIB) + (vision or {}).get("reserve_bytes", 0),
+        token_cap=d["max_total_tokens"],
+        tp=d["tp"],
         kv_bytes=DTYPE_BYTES[d["dtype"]] if d["kv_dtype"] == "auto" else KV_BYTES[d["kv_dtype"]],
         min_context=kn["min_context_tokens"], context_cap=ctx["preset"]["context_cap"],
         pinned_context=parse_context(context) if context is not None else None, where="%s: %s" % (where, name),
@@ -583,7 +742,9 @@ def _options(ctx, model, d, context, pinned, ovr, api_key):
     })
     if names.get("metrics"):
         opts[names["metrics"]] = True
-    if not d["cuda_graph"]:
+    if names.get("expert_parallel"):
+        opts[names["expert_parallel"]] = d["expert_parallel"]
+    if d["graphs_off_by_preset"]:
         opts.update(ev["cuda_graph_off"])
     opts.update(d["speculative"] or {})
     secrets = {}
@@ -611,7 +772,10 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
     warnings = []
     ctx = _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warnings)
     ev, flags, where = ctx["ev"], ctx["flags"], ctx["where"]
-    ovr, ovr_warnings = _overrides(overrides, flags, ev)
+    try:
+        ovr, ovr_warnings = _overrides(overrides, flags, ev)
+    except PlanError as exc:      # name the host like every other refusal
+        raise PlanError("%s: %s" % (host, exc)) from None
     warnings += ovr_warnings
 
     def pinned(key):
@@ -619,9 +783,15 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
 
     model = _model(model, where)
     dims = model_dims(model.get("config"), model.get("repo_id") or model["path"])
-    d = _decide(ctx, dims, model, pinned, warnings)
+    d = _decide(ctx, dims, model, pinned, ovr, warnings)
     fit_result = _fit(kn, ctx, model, dims, d, pinned, warnings)
     opts, secrets = _options(ctx, model, d, fit_result["context_length"], pinned, ovr, api_key)
+    vision_decisions = None
+    if d.get("vision"):  # the image budget and the multimodal options (vision_fit.py)
+        extra, vision_decisions = vision_fit.image_budget(
+            d["vision"], engine, model.get("config"), fit_result["context_length"], d["fraction"],
+            ctx["gpu"]["memory_mib"] * MIB, ovr, where)
+        opts.update(extra)
 
     args = ([model["path"]] if ev["model_arg"] == "positional" else []) + _render(flags, opts)
     try:
@@ -655,10 +825,17 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
             "context_length": fit_result["context_length"],
             "max_running_requests": d["max_running"],
             "cuda_graph": d["cuda_graph"],
+            "prefill_cuda_graph": d["prefill_cuda_graph"],
+            "prefill_tokens": d["prefill_tokens"],
+            "kv_layout": "mla" if dims["mla"] else "mha",
+            "experts": dims["moe"]["num_experts"] if dims["moe"] else None,
+            "expert_parallel": d["expert_parallel"],
             "speculative": bool(d["speculative"]),
         },
         "fit": fit_result,
         "warnings": warnings,
     }
+    if vision_decisions:  # VLMs only, so text plans keep their hash
+        plan["decisions"]["vision"] = vision_decisions
     plan["plan_hash"] = plan_hash(plan)
     return plan

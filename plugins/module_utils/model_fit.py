@@ -3,17 +3,23 @@
 # Apache-2.0 (see galaxy.yml)
 """Model-fit preflight: will the weights and a useful KV cache fit in the GPUs' memory?
 
-Numbers follow the engines (shared/reference, "Fit estimation"):
+Numbers follow the engines (shared/reference, "Fit estimation"; docs/planning.md "MoE, MLA and
+quantized checkpoints"):
   weights   sum of *.safetensors sizes, or model.safetensors.index.json metadata.total_size;
-            fallback: parameters counted from config.json x bytes per parameter
-  per GPU   weights / tp (embeddings and lm_head are sharded too)
-  KV/token  2 x layers x max(1, kv_heads // tp) x head_dim x kv_bytes  (per GPU)
+            fallback: parameters counted from config.json (every expert of a MoE model, MLA
+            projections) x bytes per parameter of the checkpoint's quantization
+  per GPU   weights / tp (embeddings and lm_head are sharded too; with expert parallelism the
+            experts are split instead of sharded: the same bytes per GPU)
+  KV/token  GQA/MHA: 2 x layers x max(1, kv_heads // tp) x head_dim x kv_bytes  (per GPU)
+            MLA:     layers x (kv_lora_rank + qk_rope_head_dim) x kv_bytes, on every TP rank
   budget    GPU memory x memory fraction - activation reserve - weights per GPU
 """
 from __future__ import annotations
 
 import json
 import os
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import weight_files
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -79,6 +85,78 @@ def _positive_int(cfg, key, name, section):
     return value
 
 
+def _int_or_none(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mla(cfg):
+    """DeepSeek-style multi-head latent attention: SGLang (configs/model_config.py) and vLLM
+    (config/model.py use_mla) both key it on kv_lora_rank being set."""
+    rank = _int_or_none(cfg.get("kv_lora_rank"))
+    if not rank:
+        return None
+    return {
+        "kv_lora_rank": rank,
+        "qk_rope_head_dim": _int_or_none(cfg.get("qk_rope_head_dim")) or 0,
+        "qk_nope_head_dim": _int_or_none(cfg.get("qk_nope_head_dim")) or 0,
+        "v_head_dim": _int_or_none(cfg.get("v_head_dim")) or 0,
+        "q_lora_rank": _int_or_none(cfg.get("q_lora_rank")),
+    }
+
+
+def _moe_layers(cfg, layers, experts):
+    """Indices of the layers whose MLP is a mixture of experts (the others are dense)."""
+    if "first_k_dense_replace" in cfg or "moe_layer_freq" in cfg:      # DeepSeek V2/V3, Kimi K2
+        first = _int_or_none(cfg.get("first_k_dense_replace")) or 0
+        freq = _int_or_none(cfg.get("moe_layer_freq")) or 1
+        return [i for i in range(layers) if i >= first and i % freq == 0]
+    if "decoder_sparse_step" in cfg or "mlp_only_layers" in cfg:     # Qwen2-MoE, Qwen3-MoE
+        step = _int_or_none(cfg.get("decoder_sparse_step")) or 1
+        dense = set(cfg.get("mlp_only_layers") or [])
+        return [i for i in range(layers) if i not in dense and (i + 1) % step == 0]
+    return list(range(layers)) if experts else []                    # Mixtral: every layer
+
+
+def _moe(cfg, layers):
+    """Experts per MoE layer and their sizes, or None for a dense model."""
+    experts = next((_int_or_none(cfg.get(k)) for k in ("n_routed_experts", "num_experts", "num_local_experts")
+                    if _int_or_none(cfg.get(k))), None)
+    if not experts or experts < 2:
+        return None
+    expert_size = _int_or_none(cfg.get("moe_intermediate_size")) or _int_or_none(cfg.get("intermediate_size"))
+    shared = _int_or_none(cfg.get("n_shared_experts")) or 0
+    shared_size = shared * expert_size if shared else _int_or_none(cfg.get("shared_expert_intermediate_size")) or 0
+    return {
+        "num_experts": experts,
+        "experts_per_token": _int_or_none(cfg.get("num_experts_per_tok")),
+        "expert_intermediate_size": expert_size,
+        "shared_intermediate_size": shared_size,
+        "moe_layers": len(_moe_layers(cfg, layers, experts)),
+    }
+
+
+def quantization(config, cfg):
+    """The checkpoint's weight quantization from quantization_config: method, bits, group size
+    and whether the weights are floats (FP8) or packed integers (AWQ/GPTQ, compressed-tensors W4A16).
+
+    compressed-tensors (llm-compressor) keeps the numbers in config_groups.*.weights; FP8 there is
+    num_bits 8, type float (vLLM compressed_tensors.py _is_fp8_w8a8 / _is_fp8_w8a16)."""
+    quant = config.get("quantization_config") or cfg.get("quantization_config") or {}
+    method = quant.get("quant_method")
+    if not method:
+        return {"quant_method": None, "quant_bits": None, "quant_group_size": None, "quant_float": False}
+    bits, group, is_float = quant.get("bits"), quant.get("group_size"), False
+    if method == "fp8":
+        bits, is_float = 8, True
+    elif method == "compressed-tensors":
+        weights = [g.get("weights") or {} for g in (quant.get("config_groups") or {}).values() if isinstance(g, dict)]
+        widths = [w.get("num_bits") for w in weights if isinstance(w.get("num_bits"), int)]
+        bits = max(widths) if widths else None
+        is_float = bool(weights) and all(w.get("type") == "float" for w in weights)
+        group = next((w.get("group_size") for w in weights if w.get("group_size")), None)
+    return {"quant_method": method, "quant_bits": bits, "quant_group_size": group, "quant_float": is_float}
+
+
 def model_dims(config, name="the model"):
     """The numbers the planner needs from config.json, with the engines' fallbacks."""
     if not isinstance(config, dict) or not config:
@@ -89,8 +167,8 @@ def model_dims(config, name="the model"):
     layers = _positive_int(cfg, "num_hidden_layers", name, section)
     kv_heads = _field(cfg, "num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or (_positive_int(cfg, "hidden_size", name, section) // heads)
-    quant = config.get("quantization_config") or cfg.get("quantization_config") or {}
-    return {
+    dims = {
+        "architectures": list(config.get("architectures") or cfg.get("architectures") or []),
         "num_attention_heads": heads,
         "num_kv_heads": kv_heads,
         "num_layers": layers,
@@ -103,22 +181,25 @@ def model_dims(config, name="the model"):
         # transformers' default when a config names no dtype (GPT-2 era checkpoints) is float32.
         "dtype": str(cfg.get("torch_dtype") or cfg.get("dtype") or config.get("torch_dtype")
                      or config.get("dtype") or "float32"),
-        "quant_method": quant.get("quant_method"),
-        "quant_bits": quant.get("bits"),
-        "quant_group_size": quant.get("group_size"),
+        "mla": _mla(cfg),
+        "moe": _moe(cfg, layers),
         "vision_config": config.get("vision_config"),
     }
+    dims.update(quantization(config, cfg))
+    return dims
 
 
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
 def weights_on_disk(model_dir):
-    """(bytes, source) from the files of a downloaded model, or (None, None)."""
-    names = os.listdir(model_dir)
-    shards = [n for n in names if n.endswith(".safetensors")]
-    if shards:
-        return sum(os.path.getsize(os.path.join(model_dir, n)) for n in shards), "safetensors"
+    """(bytes, source) from the files of a downloaded model, or (None, None). The files are the ones
+    the engines load (weight_files.py: never original/*.pth, index-filtered safetensors)."""
+    sizes = weight_files.sizes_in_dir(model_dir)
+    files, source = weight_files.loaded_weight_files(sizes, weight_files.read_index(model_dir))
+    if files:
+        return sum(sizes[n] for n in files), source
+    names = list(sizes)
     if "model.safetensors.index.json" in names:
         with open(os.path.join(model_dir, "model.safetensors.index.json"), encoding="utf-8") as handle:
             total = json.load(handle).get("metadata", {}).get("total_size")
@@ -127,33 +208,66 @@ def weights_on_disk(model_dir):
     return None, None
 
 
+def _attention_params(dims):
+    """Weights of one attention block. MLA (DeepSeek modeling): q_a/q_b (or q_proj), kv_a_proj_with_mqa,
+    kv_b_proj, o_proj; otherwise q/o at num_heads x head_dim and k/v at num_kv_heads x head_dim."""
+    hidden, heads = dims["hidden_size"], dims["num_attention_heads"]
+    mla = dims["mla"]
+    if not mla:
+        return 2 * hidden * heads * dims["head_dim"] + 2 * hidden * dims["num_kv_heads"] * dims["head_dim"]
+    qk_dim = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
+    rank = mla["q_lora_rank"]
+    query = (hidden * rank + rank * heads * qk_dim) if rank else hidden * heads * qk_dim
+    latent = hidden * (mla["kv_lora_rank"] + mla["qk_rope_head_dim"])
+    up = mla["kv_lora_rank"] * heads * (mla["qk_nope_head_dim"] + mla["v_head_dim"])
+    return query + latent + up + heads * mla["v_head_dim"] * hidden
+
+
+def _mlp_params(dims):
+    """Weights of every layer's MLP together: gated MLPs (gate, up, down = 3 matrices) for the dense
+    layers, and for the MoE layers every routed expert, the shared experts and the router."""
+    hidden, moe, dense_size = dims["hidden_size"], dims["moe"], dims["intermediate_size"]
+    moe_layers = moe["moe_layers"] if moe else 0
+    total = (dims["num_layers"] - moe_layers) * 3 * hidden * (dense_size or 0)
+    if moe:
+        per_layer = (moe["num_experts"] * moe["expert_intermediate_size"] + moe["shared_intermediate_size"])
+        total += moe_layers * (3 * hidden * per_layer + hidden * moe["num_experts"])
+    return total
+
+
 def parameter_split(dims):
-    """(embedding params, transformer-layer params) of a dense decoder counted from its config;
-    None when the config lacks vocab_size or intermediate_size. Vision towers are not counted."""
-    if not dims["vocab_size"] or not dims["intermediate_size"]:
+    """(embedding params, transformer-layer params) counted from the config; None when it lacks
+    vocab_size or the MLP sizes. Vision towers are not counted."""
+    moe = dims["moe"]
+    dense_layers = dims["num_layers"] - (moe["moe_layers"] if moe else 0)
+    if not dims["vocab_size"] or (dense_layers and not dims["intermediate_size"]) or (
+            moe and not moe["expert_intermediate_size"]):
         return None
-    hidden, head_dim = dims["hidden_size"], dims["head_dim"]
-    embed = dims["vocab_size"] * hidden * (1 if dims["tie_word_embeddings"] else 2)
-    attention = 2 * hidden * dims["num_attention_heads"] * head_dim + 2 * hidden * dims["num_kv_heads"] * head_dim
-    mlp = 3 * hidden * dims["intermediate_size"]
-    return embed, dims["num_layers"] * (attention + mlp)
+    embed = dims["vocab_size"] * dims["hidden_size"] * (1 if dims["tie_word_embeddings"] else 2)
+    return embed, dims["num_layers"] * _attention_params(dims) + _mlp_params(dims)
+
+
+def bytes_per_layer_param(dims):
+    """Bytes per transformer-layer weight as stored: FP8 one byte (its block/channel scales are
+    < 0.1%); AWQ/GPTQ-style integers bits/8 plus one fp16 scale and a zero point per group;
+    otherwise the checkpoint dtype."""
+    bits = dims["quant_bits"]
+    if not bits:
+        return DTYPE_BYTES.get(dims["dtype"], 2)
+    if dims["quant_float"]:
+        return bits / 8
+    group = dims["quant_group_size"] if (dims["quant_group_size"] or 0) > 0 else None
+    return bits / 8 + ((2 + bits / 8) / group if group else 0)
 
 
 def estimate_weights(dims):
-    """params x bytes: embeddings in the checkpoint dtype; layers at the quantized width plus one
-    fp16 scale and a zero point per group when the checkpoint is AWQ/GPTQ-style."""
+    """params x bytes: embeddings and lm_head in the checkpoint dtype (no method here quantizes
+    them), layers at the quantized width."""
     split = parameter_split(dims)
     if split is None:
         return None
     embed, layers = split
-    dtype_bytes = DTYPE_BYTES.get(dims["dtype"], 2)
-    bits = dims["quant_bits"]
-    if bits:
-        group = dims["quant_group_size"] or 128
-        layer_bytes = layers * (bits / 8 + (2 + bits / 8) / group)
-    else:
-        layer_bytes = layers * dtype_bytes
-    return int(embed * dtype_bytes + layer_bytes)
+    return int(embed * DTYPE_BYTES.get(dims["dtype"], 2) + layers * bytes_per_layer_param(dims))
 
 
 def fp8_weights(weights_bytes, dims):
@@ -171,7 +285,13 @@ def fp8_weights(weights_bytes, dims):
 # KV cache and context
 # --------------------------------------------------------------------------------------------
 def kv_bytes_per_token(dims, tp, kv_bytes):
-    """Per GPU: KV heads are split over tp ranks, and replicated once tp exceeds them."""
+    """Per GPU. GQA/MHA: K and V heads are split over tp ranks, replicated once tp exceeds them.
+    MLA: one compressed latent (kv_lora_rank) plus the shared rope key per layer, no V, and the
+    same on every TP rank in both engines (SGLang pool_configurator._compute_cell_size has no tp
+    term for MLA; vLLM config/model.py get_num_kv_heads returns 1 and MLAAttentionSpec has no V)."""
+    mla = dims.get("mla")
+    if mla:
+        return int(dims["num_layers"] * (mla["kv_lora_rank"] + mla["qk_rope_head_dim"]) * kv_bytes)
     return int(2 * dims["num_layers"] * max(1, dims["num_kv_heads"] // tp) * dims["head_dim"] * kv_bytes)
 
 
@@ -189,13 +309,25 @@ def parse_context(value):
     raise PlanError("context length %r is not a number of tokens (examples: 32768, 32k, 32Ki)" % (value,))
 
 
+def gpus_needed(dims, weights_bytes, usable_bytes, kv_bytes, tokens, limit=64):
+    """The smallest power-of-two GPU count (<= limit) of this size that holds the weights and
+    `tokens` of KV cache, or None. MLA caches do not shrink with tp; GQA caches do."""
+    n = 1
+    while n <= limit:
+        if -(-weights_bytes // n) + tokens * kv_bytes_per_token(dims, n, kv_bytes) <= usable_bytes:
+            return n
+        n *= 2
+    return None
+
+
 def fit(dims, *, weights_bytes, gpu_memory_bytes, memory_fraction, reserve_bytes, tp, kv_bytes,
-        min_context, context_cap=None, pinned_context=None, where="this host", hint=None):
+        min_context, context_cap=None, pinned_context=None, where="this host", hint=None, token_cap=None):
     """Check that the model fits and pick the context length.
 
     Returns (fit dict, warnings). Raises PlanError when the weights plus min_context tokens of KV
     cache do not fit, or when a pinned context does not. `where` names the host and GPU; `hint`
-    is a first fix to suggest when the model does not fit.
+    is a first fix to suggest when the model does not fit. `token_cap` caps the KV pool (SGLang
+    --max-total-tokens: tp_worker.py serves at most min(context, pool) tokens per request).
     """
     warnings = []
     weights_per_gpu = -(-weights_bytes // tp)
@@ -205,18 +337,31 @@ def fit(dims, *, weights_bytes, gpu_memory_bytes, memory_fraction, reserve_bytes
     floor = min(min_context, model_max) if model_max else min_context
     need = weights_per_gpu + floor * per_token
     if need > usable:
+        enough = gpus_needed(dims, weights_bytes, usable, kv_bytes, floor)
         raise PlanError(
             "%s: the model does not fit: it needs %s per GPU (weights %s at tp %d + KV cache for %d tokens "
-            "%s) and has %s (%s x memory fraction %.3f - %s reserve). Fix: use %smore GPUs (tp), a quantized "
+            "%s) and has %s (%s x memory fraction %.3f - %s reserve). Fix: use %smore GPUs (tp%s), a quantized "
             "checkpoint (AWQ/GPTQ/FP8) or a smaller model"
             % (where, gib(need), gib(weights_per_gpu), tp, floor, gib(floor * per_token), gib(max(usable, 0)),
-               gib(gpu_memory_bytes), memory_fraction, gib(reserve_bytes), hint + ", " if hint else ""))
+               gib(gpu_memory_bytes), memory_fraction, gib(reserve_bytes), hint + ", " if hint else "",
+               ": at least %d such GPUs" % enough if enough else ""))
     max_fit = (usable - weights_per_gpu) // per_token
+    if token_cap is not None:
+        if token_cap < floor:
+            raise PlanError("%s: --max-total-tokens %d leaves a KV pool below %d tokens: raise it or remove it"
+                            % (where, token_cap, floor))
+        if token_cap > max_fit:
+            warnings.append("%s: --max-total-tokens %d is above the %d tokens the KV cache holds: the engine uses "
+                            "the smaller" % (where, token_cap, max_fit))
+        max_fit = min(max_fit, token_cap)
     ceiling = min(v for v in (model_max, context_cap) if v) if (model_max or context_cap) else max_fit
     if pinned_context is not None:
         if model_max and pinned_context > model_max:
             raise PlanError("%s: context length %d is above the model's max_position_embeddings %d: lower it"
                             % (where, pinned_context, model_max))
+        if token_cap is not None and pinned_context > token_cap:
+            raise PlanError("%s: pinned context length %d is above --max-total-tokens %d (the whole KV pool): lower "
+                            "the context length or raise --max-total-tokens" % (where, pinned_context, token_cap))
         if pinned_context > max_fit:
             raise PlanError(
                 "%s: pinned context length %d does not fit: the KV cache holds %d tokens (%.0f KiB per token "
@@ -237,6 +382,7 @@ def fit(dims, *, weights_bytes, gpu_memory_bytes, memory_fraction, reserve_bytes
         "kv_budget_bytes": usable - weights_per_gpu,
         "kv_bytes_per_token": per_token,
         "max_context_fit": max_fit,
+        "kv_tokens_cap": token_cap,
         "max_position_embeddings": model_max,
         "context_length": context,
     }, warnings

@@ -35,6 +35,21 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # topo -m underlines its header row
 _NVLINK_RE = re.compile(r"^NV\d+$")
 
 
+# MIG (docs/planning.md "MIG"): only GPUs whose mig.mode.current is Enabled or Disabled support it.
+MIG_MODES = ("Enabled", "Disabled")
+MIG_PENDING_ARGS = ["--query-gpu=index,mig.mode.current,mig.mode.pending", "--format=csv,noheader"]
+# `nvidia-smi -L`: a GPU line, then one indented line per MIG device of that GPU (MIG user guide,
+# "Getting Started with MIG"); R450 drivers spelled the UUID MIG-GPU-<uuid>/<gi>/<ci>.
+_L_GPU_RE = re.compile(r"^GPU (\d+): (.*) \(UUID: (GPU-[^)]+)\)\s*$")
+_L_MIG_RE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)]+)\)\s*$")
+# First row of a device in the "MIG devices:" table of plain `nvidia-smi`:
+# |  0    2   0   0  |              37MiB / 40320MiB  | 60      0 |  3   0    3    0    3 |
+_TABLE_MIG_RE = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|\s+(?:\d+MiB|N/A)\s*/\s*(\d+)MiB\s*\|\s*(\d+)\s")
+# `nvidia-smi mig -lgi`:  |   0  MIG 3g.40gb            9        2          4:4     |
+_LGI_RE = re.compile(r"^\|\s+(\d+)\s+MIG\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+:\d+)\s*\|")
+_SLICES_RE = re.compile(r"^(?:(\d+)c\.)?(\d+)g\.")
+
+
 class NvidiaSmiError(Exception):
     """nvidia-smi failed in a way that is none of the known host states."""
 
@@ -145,6 +160,96 @@ def parse_topo_nvlink(text):
     return any(_NVLINK_RE.match(row[i].strip()) for row in rows for i in gpu_columns if i < len(row))
 
 
+def parse_mig_pending(text):
+    """{GPU index: (current, pending)} from ``MIG_PENDING_ARGS``; pending is the mode after a GPU reset."""
+    modes = {}
+    for lineno, row in enumerate(csv.reader(text.strip().splitlines(), skipinitialspace=True), 1):
+        if len(row) != 3 or not row[0].strip().isdigit():
+            raise ValueError("nvidia-smi --query-gpu=index,mig.mode.current,mig.mode.pending line %d is not "
+                             "'index, current, pending': %r" % (lineno, ", ".join(row)))
+        modes[int(row[0])] = (_na(row[1].strip()), _na(row[2].strip()))
+    return modes
+
+
+def parse_list_mig(text):
+    """``nvidia-smi -L`` -> [{gpu, device, profile, uuid}], one per MIG device, in listing order."""
+    devices, gpu = [], None
+    for line in text.splitlines():
+        gpu_match, mig_match = _L_GPU_RE.match(line), _L_MIG_RE.match(line)
+        if gpu_match:
+            gpu = int(gpu_match.group(1))
+        elif mig_match:
+            if gpu is None:
+                raise ValueError("nvidia-smi -L lists MIG device %r before any GPU line" % line.strip())
+            devices.append({"gpu": gpu, "device": int(mig_match.group(2)), "profile": mig_match.group(1),
+                            "uuid": mig_match.group(3)})
+        elif line.strip():
+            raise ValueError("nvidia-smi -L line is neither a GPU nor a MIG device: %r" % line)
+    return devices
+
+
+def parse_mig_table(text):
+    """The "MIG devices:" section of plain ``nvidia-smi`` -> {(gpu, device): {gi, ci, memory_mib, sm_count}}.
+
+    Each device takes two rows (memory, then BAR1); only the first names GPU, GI, CI and MIG Dev.
+    """
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| MIG devices:")), None)
+    if start is None:
+        raise ValueError("nvidia-smi printed no 'MIG devices:' table: %r" % text[:200])
+    table = {}
+    for line in lines[start + 1:]:
+        if not line.startswith(("|", "+")):
+            break
+        match = _TABLE_MIG_RE.match(line)
+        if match:
+            gpu, gi, ci, device, memory, sms = (int(v) for v in match.groups())
+            table[(gpu, device)] = {"gi": gi, "ci": ci, "memory_mib": memory, "sm_count": sms}
+    return table
+
+
+def parse_mig_gpu_instances(text):
+    """``nvidia-smi mig -lgi`` -> [{gpu, gi, profile, profile_id, placement}]."""
+    if "GPU instances:" not in text:
+        raise ValueError("nvidia-smi mig -lgi printed no 'GPU instances:' table: %r" % text[:200])
+    return [{"gpu": int(m.group(1)), "gi": int(m.group(4)), "profile": m.group(2), "profile_id": int(m.group(3)),
+             "placement": m.group(5)}
+            for m in (_LGI_RE.match(line) for line in text.splitlines()) if m]
+
+
+def compute_slices(profile):
+    """Compute slices of a MIG profile: 3 for "3g.40gb", 1 for "1c.3g.40gb" (a CI inside the GI)."""
+    match = _SLICES_RE.match(profile or "")
+    return int(match.group(1) or match.group(2)) if match else None
+
+
+def mig_devices(listed, table, gpus):
+    """Join ``-L`` (UUID, profile) with the table (GI, CI, memory, SMs) on (GPU index, MIG Dev)."""
+    by_index = dict((g["index"], g) for g in gpus)
+    devices = []
+    for number, item in enumerate(listed):
+        row = table.get((item["gpu"], item["device"]))
+        if row is None:
+            raise ValueError("nvidia-smi -L lists MIG device %d of GPU %d (%s) but the nvidia-smi MIG devices "
+                             "table has no such row" % (item["device"], item["gpu"], item["uuid"]))
+        parent = by_index.get(item["gpu"], {})
+        devices.append(dict(row, index=number, gpu=item["gpu"], device=item["device"], uuid=item["uuid"],
+                            profile=item["profile"], gpu_uuid=parent.get("uuid"),
+                            name="%s MIG %s" % (parent.get("name", "GPU"), item["profile"]),
+                            compute_slices=compute_slices(item["profile"])))
+    missing = sorted(set(table) - set((d["gpu"], d["device"]) for d in devices))
+    if missing:
+        raise ValueError("the nvidia-smi MIG devices table has devices %s (GPU, MIG Dev) that nvidia-smi -L does "
+                         "not list" % missing)
+    return devices
+
+
+def mig_pending_changes(gpus, pending):
+    """[{gpu, current, pending}] for GPUs whose MIG mode changes at the next GPU reset or reboot."""
+    return [{"gpu": g["index"], "current": pending[g["index"]][0], "pending": pending[g["index"]][1]}
+            for g in gpus if g["index"] in pending and pending[g["index"]][0] != pending[g["index"]][1]]
+
+
 def parse_kernel_module(text):
     """"open" or "proprietary" from /proc/driver/nvidia/version."""
     first = text.strip().splitlines()[0] if text.strip() else ""
@@ -191,8 +296,12 @@ def _facts(state, message, path, kernel_module):
     }
 
 
-def build_facts(gpus, versions, nvlink, path, kernel_module):
-    """Facts for a healthy host from parsed GPUs (each still carrying its driver_version)."""
+def build_facts(gpus, versions, nvlink, path, kernel_module, mig=None):
+    """Facts for a healthy host from parsed GPUs (each still carrying its driver_version).
+
+    ``mig`` (from read_mig; None when no GPU supports MIG) adds each MIG-capable GPU's
+    ``mig_mode_pending`` and the host's ``mig_devices`` / ``mig_pending`` (/ ``mig_gpu_instances``).
+    """
     lowest = min(gpus, key=lambda g: cc_tuple(g["compute_capability"]))
     kinds = set((g["name"], g["memory_mib"], g["compute_capability"]) for g in gpus)
     driver = gpus[0]["driver_version"]
@@ -210,7 +319,62 @@ def build_facts(gpus, versions, nvlink, path, kernel_module):
         "homogeneous": len(kinds) == 1,
         "nvlink": nvlink,
     })
+    if mig is not None:
+        _add_mig(facts, mig)
     return facts
+
+
+def _add_mig(facts, mig):
+    for gpu in facts["gpus"]:
+        if gpu["index"] in mig["pending"]:
+            gpu["mig_mode_pending"] = mig["pending"][gpu["index"]][1]
+    facts["mig_devices"] = mig["devices"]
+    facts["mig_pending"] = mig_pending_changes(facts["gpus"], mig["pending"])
+    if mig.get("gpu_instances") is not None:
+        facts["mig_gpu_instances"] = mig["gpu_instances"]
+    enabled = [g["index"] for g in facts["gpus"] if g.get("mig_mode") == "Enabled"]
+    if enabled:
+        facts["message"] += "; MIG on GPU %s: %d MIG device(s)" % (
+            ", ".join(map(str, enabled)), len(mig["devices"]))
+    for change in facts["mig_pending"]:
+        facts["message"] += "; GPU %(gpu)s MIG %(current)s, %(pending)s after a GPU reset" % change
+
+
+def _output(path, run, args):
+    rc, out, err = run([path] + args)
+    if rc != 0:
+        raise NvidiaSmiError("%s %s failed (rc=%s): %s" % (path, " ".join(args), rc, (out + err).strip()))
+    return out
+
+
+def read_mig(path, run, gpus):
+    """(mig, warnings) for build_facts; (None, []) without a MIG-capable GPU (no extra call).
+
+    One more --query-gpu call for the pending modes; with MIG enabled on a GPU, ``-L`` and the plain
+    table (UUIDs, profiles; GI/CI ids, memory, SMs); ``mig -lgi`` only for an enabled GPU without MIG
+    devices, to tell GPU instances lacking compute instances from none at all (it may need root).
+    """
+    if not any(g["mig_mode"] in MIG_MODES for g in gpus):
+        return None, []
+    pending = parse_mig_pending(_output(path, run, MIG_PENDING_ARGS))
+    warnings = ["GPU %(gpu)s: MIG mode is %(current)s now and %(pending)s after the next GPU reset or reboot "
+                "(nvidia-smi -i %(gpu)s -r, or reboot); plans follow the current mode" % change
+                for change in mig_pending_changes(gpus, pending)]
+    enabled = [g["index"] for g in gpus if g["mig_mode"] == "Enabled"]
+    devices, instances = [], None
+    if enabled:
+        devices = mig_devices(parse_list_mig(_output(path, run, ["-L"])), parse_mig_table(_output(path, run, [])),
+                              gpus)
+        if any(not [d for d in devices if d["gpu"] == i] for i in enabled):
+            rc, out, err = run([path, "mig", "-lgi"])
+            if rc == 0:
+                instances = parse_mig_gpu_instances(out)
+            elif rc == RC_NO_GPU:  # nvidia-smi's "a query to find an object was unsuccessful": none
+                instances = []
+            else:
+                warnings.append("MIG GPU instances not read: %s mig -lgi failed (rc=%s): %s"
+                                % (path, rc, (out + err).strip()))
+    return {"pending": pending, "devices": devices, "gpu_instances": instances}, warnings
 
 
 def read_kernel_module(read_text):
@@ -258,4 +422,5 @@ def collect(path, run, read_text):
             warnings.append("nvlink assumed absent: %s" % exc)
         if rc != 0:
             warnings.append("nvlink assumed absent: nvidia-smi topo -m failed (rc=%s): %s" % (rc, (out + err).strip()))
-    return build_facts(gpus, versions, nvlink, path, kernel_module), warnings
+    mig, mig_warnings = read_mig(path, run, gpus)
+    return build_facts(gpus, versions, nvlink, path, kernel_module, mig), warnings + mig_warnings

@@ -79,6 +79,12 @@ options:
     description: C(max_tokens) of the smoke request.
     type: int
     default: 32
+  image_check:
+    description:
+      - Also send one chat completion with an image (a 32x32 PNG as a base64 data URL in an C(image_url) part),
+        for a vision-language model; the gate fails when the engine refuses it or answers with no token.
+    type: bool
+    default: false
   container_name:
     description:
       - Name of the engine's container on the managed host, used to stop waiting when it exited and
@@ -135,6 +141,11 @@ tokens_per_s:
   returned: always
   type: float
   sample: 97.5
+image_tokens:
+  description: Completion tokens of the image request (O(image_check)); V(null) without it.
+  returned: always
+  type: int
+  sample: 8
 models:
   description: Model ids listed by C(/v1/models).
   returned: always
@@ -218,7 +229,7 @@ def probe(params, docker=None):
     """Run the checks; returns (ok, result dict, failure message or None)."""
     url, engine, key = params["url"], params["engine"], params["api_key"]
     result = {"healthy": False, "time_to_healthy_s": None, "ttft_ms": None, "tokens_per_s": None,
-              "models": [], "engine_version": None, "diagnosis": None}
+              "models": [], "engine_version": None, "image_tokens": None, "diagnosis": None}
 
     def fail(msg, last_probe=None, with_log=False):
         diagnosis = {"url": url, "last_probe": last_probe}
@@ -254,6 +265,11 @@ def probe(params, docker=None):
             if not smoke["completion_tokens"]:
                 return fail("the smoke chat completion streamed no tokens", last_probe)
             result["ttft_ms"], result["tokens_per_s"] = smoke["ttft_ms"], smoke["tokens_per_s"]
+        if params.get("image_check"):
+            model = params["served_model_name"] or (result["models"] or [None])[0]
+            result["image_tokens"] = engine_http.image_chat(url, model, params["max_tokens"], key)
+            if not result["image_tokens"]:
+                return fail("the image chat completion returned no tokens", last_probe)
     except engine_http.EngineHttpError as exc:
         hint = " (check api_key)" if exc.status in (401, 403) else ""
         return fail("%s%s" % (exc, hint), last_probe)
@@ -276,6 +292,7 @@ def main():
             smoke_prompt=dict(type="str", default="Reply with one short sentence."),
             max_tokens=dict(type="int", default=32),
             container_name=dict(type="str"),
+            image_check=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

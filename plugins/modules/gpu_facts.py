@@ -18,6 +18,10 @@ description:
   - Uses one C(nvidia-smi --query-gpu) call and one C(nvidia-smi --version) call (the full
     C(nvidia-smi) table only on drivers without C(--version)); C(nvidia-smi topo -m) only on hosts
     with more than one GPU.
+  - On GPUs that support MIG (C(mig.mode.current) not N/A) one more C(--query-gpu) call reads the
+    pending MIG mode; with MIG enabled, C(nvidia-smi -L) and C(nvidia-smi) give the MIG devices (UUID,
+    profile, GPU/compute instance ids, memory, SMs), and C(nvidia-smi mig -lgi) is read for an enabled GPU
+    that has no MIG device. A MIG mode change waiting for a GPU reset is reported (and warned about).
   - A host without driver, with the driver not loaded, or without GPUs is not an error unless
     O(required=true); its state is reported in RV(ansible_facts.gpufleet_gpu.state).
   - Never changes the host.
@@ -119,6 +123,7 @@ ansible_facts:
               compute_capability: "9.0"
               pci_bus_id: "00000000:00:06.0"
               mig_mode: Disabled
+              mig_mode_pending: Disabled
         compute_capability:
           description: The lowest compute capability over all GPUs; V(null) without GPUs.
           type: str
@@ -149,6 +154,33 @@ ansible_facts:
           description: V(open) or V(proprietary) from /proc/driver/nvidia/version; V(null) when it is not readable.
           type: str
           sample: open
+        mig_devices:
+          description:
+            - The MIG devices of the GPUs in MIG mode, in C(nvidia-smi -L) order; each is one engine
+              (C(engine_instances[].mig) names it by C(index) or C(uuid)). Empty when MIG is enabled but no
+              instance was created.
+            - C(gi)/C(ci) are the GPU/compute instance ids, C(sm_count) and C(memory_mib) what the device has,
+              C(compute_slices) the C(Ng) (or C(Nc)) of the profile.
+          returned: when a GPU supports MIG
+          type: list
+          elements: dict
+          sample:
+            - {index: 0, gpu: 0, device: 0, uuid: MIG-7089d0f3-293f-58c9-8f8c-5ea666eedbde,
+               gpu_uuid: GPU-b4895dbf-9350-2524-a89b-98161ddd9fe4, profile: 3g.40gb,
+               name: NVIDIA H100 80GB HBM3 MIG 3g.40gb, gi: 2, ci: 0, memory_mib: 40320, sm_count: 60,
+               compute_slices: 3}
+        mig_pending:
+          description: GPUs whose MIG mode changes at the next GPU reset or reboot.
+          returned: when a GPU supports MIG
+          type: list
+          elements: dict
+          sample: [{gpu: 0, current: Disabled, pending: Enabled}]
+        mig_gpu_instances:
+          description: C(nvidia-smi mig -lgi) rows, read only for a GPU in MIG mode without MIG devices.
+          returned: when read
+          type: list
+          elements: dict
+          sample: [{gpu: 0, gi: 2, profile: 3g.40gb, profile_id: 9, placement: "4:4"}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

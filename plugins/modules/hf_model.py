@@ -213,6 +213,14 @@ bytes:
   returned: always
   type: int
   sample: 3476000
+weights_bytes:
+  description:
+    - Size of the weight files the engines load - top-level safetensors (only those the
+      C(model.safetensors.index.json) names, when there is one), else C(*.bin), else C(*.pt); never
+      C(original/*.pth) or other copies. V(null) when the snapshot has none.
+  returned: when O(state=present) or O(state=adopted)
+  type: int
+  sample: 3454840
 files:
   description: Number of selected files.
   returned: always
@@ -271,7 +279,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot
+from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot, weight_files
 
 try:
     from huggingface_hub import HfApi, constants as hf_constants, snapshot_download
@@ -418,6 +426,7 @@ class HfModel:
         self.module.exit_json(
             changed=changed, path=self.path, commit_sha=sha, revision=self.revision,
             bytes=sum(e["size"] for e in expected.values()), files=len(expected),
+            weights_bytes=loaded_weights_bytes(self.path, expected),
             downloaded_files=state["fetch"], downloaded_bytes=fetch_bytes,
             manifest=hf_snapshot.read_manifest(self.path),
         )
@@ -502,10 +511,18 @@ class Adoption:
         self.module.exit_json(
             changed=changed, path=self.path, commit_sha=manifest["commit_sha"], revision=self.revision,
             bytes=sum(r["size"] for r in records.values()), files=len(records),
+            weights_bytes=loaded_weights_bytes(self.path, records),
             received_files=state["take"], received_bytes=sum(records[rel]["size"] for rel in state["take"]),
             missing_files=state["missing"],
             manifest=manifest if self.module.check_mode else hf_snapshot.read_manifest(self.path),
         )
+
+
+def loaded_weights_bytes(snapshot_dir, files):
+    """Size of the weight files the engines load from the snapshot (module_utils/weight_files.py), from
+    the selected files' recorded sizes; the safetensors index is read from disk when it is there."""
+    return weight_files.weights_bytes({rel: f["size"] for rel, f in files.items()},
+                                      weight_files.read_index(snapshot_dir))
 
 
 def set_attributes(module, snapshot_dir, names, changed):

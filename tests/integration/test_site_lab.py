@@ -59,6 +59,21 @@ def test_engine_args_fit_each_gpu(first_run):
     assert hopper[hopper.index("--attention-backend") + 1] == "fa3"
 
 
+def test_l40s_host_serves_with_its_draft_model_mounted(first_run):
+    """Speculative decoding end to end (inventories/lab/group_vars/l40s.yml): the draft snapshot fetched on
+    the host, mounted read-only, named on the command line; the engine came through the health gate."""
+    res = host_exec("l40s-1", "docker inspect -f '{{json .Config.Cmd}} {{json .Mounts}}' gpufleet-engine")
+    cmd_json, mounts_json = res.stdout.split(" ", 1)
+    cmd, mounts = json.loads(cmd_json), json.loads(mounts_json)
+    assert cmd[cmd.index("--speculative-algorithm") + 1] == "EAGLE3"
+    assert cmd[cmd.index("--speculative-draft-model-path") + 1] == "/models/draft"
+    draft = [m for m in mounts if m["Destination"] == "/models/draft"]
+    assert len(draft) == 1 and draft[0]["RW"] is False, mounts
+    assert host_exec("l40s-1", "test -s %s/config.json" % draft[0]["Source"]).returncode == 0
+    others = host_exec("hopper-1", "docker inspect -f '{{json .Config.Cmd}}' gpufleet-engine").stdout
+    assert "--speculative" not in others  # only the group that asks for it
+
+
 def test_second_run_changes_nothing(first_run):
     before = {h: engine_started_at(h) for h in LAB_HOSTS}
     rc, output, recap = run_playbook("site.yml")

@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import DRAFT_MOUNT
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
@@ -132,7 +133,8 @@ def _variants(engine):
     ev = KN["engines"][engine][version]
     yield "api_key", {"api_key": True}, {}
     for algorithm in sorted(ev["speculative"]["algorithms"]):
-        yield "draft-%s" % algorithm, {}, {"draft_path": "/models/draft-%s" % algorithm.lower(),
+        # The path the engine role mounts the draft snapshot at (module_utils/engine_draft.py).
+        yield "draft-%s" % algorithm, {}, {"draft_path": DRAFT_MOUNT,
                                           "draft_algorithm": algorithm, "draft_weights_bytes": 1 << 28}
 
 
@@ -147,6 +149,17 @@ def _pins(engine, card):
             yield "pin %s=%s" % (flag, value), {"overrides": {flag: value}}
 
 
+MLA_MODEL = "DeepSeek-V2-Lite-Chat" if "DeepSeek-V2-Lite-Chat" in MODELS else None
+
+
+def _mla_pins(engine, card):
+    cc = _facts(card, 1)["compute_capability"]
+    mla = (KN["archs"].get(cc, {}).get(engine) or {}).get("mla") or {}
+    flag = KN["engines"][engine][KN["default_versions"][engine]]["flags"]["attention"]
+    for value in mla.get("attention_backends") or ():
+        yield "pin mla %s=%s" % (flag, value), {"overrides": {flag: value}}
+
+
 def _cases():
     """Every (context, engine, build_plan args) the matrix covers."""
     for card, count, engine, name, preset in itertools.product(CARDS, GPU_COUNTS, ENGINES, MODELS, PRESETS):
@@ -159,6 +172,10 @@ def _cases():
     for card, engine, preset in itertools.product(CARDS, ENGINES, ("high_performance", "balanced")):
         for label, kwargs in _pins(engine, card):
             yield (card, 1, engine, SMALL_MODEL, preset, label), (card, 1, engine, SMALL_MODEL, preset, kwargs, {})
+        # The MLA backends of the table (archs.<cc>.<engine>.mla), pinned for an MLA model on 2 GPUs.
+        if MLA_MODEL:
+            for label, kwargs in _mla_pins(engine, card):
+                yield (card, 2, engine, MLA_MODEL, preset, label), (card, 2, engine, MLA_MODEL, preset, kwargs, {})
 
 
 def _build_all():

@@ -10,6 +10,8 @@ import os
 CARDS = {
     "h100": {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "compute_capability": "9.0",
              "architecture": "hopper"},
+    # nvidia-smi on a lent H200 (driver 580.159.04): name, memory.total, compute_cap.
+    "h200": {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": "9.0", "architecture": "hopper"},
     "l40s": {"name": "NVIDIA L40S", "memory_mib": 46068, "compute_capability": "8.9", "architecture": "ada"},
     "rtx5090": {"name": "NVIDIA GeForce RTX 5090", "memory_mib": 32607, "compute_capability": "12.0",
                 "architecture": "blackwell"},

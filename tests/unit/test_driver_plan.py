@@ -61,6 +61,7 @@ def smi_facts(outputs, proc_version=None):
 def h100_smi(driver):
     line = "0, GPU-b2f3a3a3-a457-1729-161d-649a0654b961, NVIDIA H100 80GB HBM3, 81559, 9.0, 00000000:00:06.0, Disabled, %s\n"
     return {"--version": (0, "DRIVER version      : %s\nCUDA Version        : 13.0\n" % driver),
+            nvidia_smi.MIG_PENDING_ARGS[0]: (0, "0, Disabled, Disabled\n"),  # an H100 is MIG-capable: one more query
             "*": (0, line % driver)}
 
 

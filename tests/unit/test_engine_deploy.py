@@ -40,7 +40,7 @@ def test_no_instances_is_the_single_engine_of_before():
     assert only["container"]["device_requests"] == plan["container"]["device_requests"]
     assert only["container"]["labels"]["gpufleet.plan_hash"] == plan["plan_hash"]
     assert only["container"]["labels"]["gpufleet.model_sha"] == "a" * 40
-    assert only["probe"] == {"name": "gpufleet-engine", "port": 30000, "engine": "sglang"}
+    assert only["probe"] == {"name": "gpufleet-engine", "port": 30000, "engine": "sglang", "vision": False}
 
 
 def test_two_instances_each_get_their_gpus_port_and_overrides():
@@ -162,3 +162,128 @@ def test_rollout_record_failures_without_a_rollback():
     untouched = engine_deploy.rollout_record([listed("eng", "img:1")], [listed("eng", "img:1")], ["eng"], [],
                                              failure="image missing", healthy=False)
     assert untouched["cause"] == "image missing; nothing was changed, now NOT healthy"
+
+
+# --- MIG (docs/planning.md "MIG"): one engine per MIG device ---------------------------------------------------
+import copy  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import nvidia_smi  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def mig_host():
+    """gpufleet_gpu of the lab's MIG profile (1x H100, 3g.40gb + 2g.20gb + 2x 1g.10gb), read through the fake."""
+    env = dict(os.environ, GPUFLEET_FAKE_GPU_DIR=os.path.join(REPO, "lab", "gpus"), GPUFLEET_FAKE_GPU_PROFILE="h100-mig",
+               GPUFLEET_FAKE_STATE_DIR="/nonexistent")
+
+    def run(argv):
+        done = subprocess.run([sys.executable] + argv, capture_output=True, text=True, env=env)
+        return done.returncode, done.stdout, done.stderr
+
+    facts, _ = nvidia_smi.collect(os.path.join(REPO, "lab", "fake-nvidia-smi", "nvidia-smi"), run,
+                                  lambda path: "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04\n")
+    assert len(facts["mig_devices"]) == 4
+    return facts
+
+
+def one_per_device(facts, **extra):
+    return [dict({"name": "eng-mig%d" % d["index"], "mig": d["index"], "port": 30000 + d["index"]}, **extra)
+            for d in facts["mig_devices"]]
+
+
+def test_each_mig_device_is_one_engine_on_its_memory_with_its_uuid(mig_host):
+    result = deploy(mig_host, one_per_device(mig_host))
+    full = build_plan(gpu_facts("h100"), "sglang", tiny(), host="node-1")
+    for entry, device in zip(result, mig_host["mig_devices"]):
+        plan = entry["plan"]
+        alone = build_plan(engine_deploy.mig_view(mig_host, device), "sglang", tiny(), host="node-1",
+                           overrides={"--port": entry["port"]})
+        assert option(plan["args"], "--tp-size") == "1"
+        # Planned on the instance's memory: SGLang's fraction and the fit follow the MIG device, not the GPU.
+        assert plan["fit"] == alone["fit"] != full["fit"]
+        assert option(plan["args"], "--mem-fraction-static") == option(alone["args"], "--mem-fraction-static")
+        # The container gets exactly the MIG device (docker --gpus device=MIG-...), never the whole GPU.
+        assert plan["container"]["gpus"] == [device["uuid"]] and entry["mig"] == device["uuid"]
+        assert entry["container"]["device_requests"] == [
+            {"driver": "nvidia", "capabilities": [["gpu"]], "device_ids": [device["uuid"]]}]
+        assert "CUDA_VISIBLE_DEVICES" not in plan["env"]
+        mig = plan["decisions"]["mig"]
+        assert (mig["uuid"], mig["profile"], mig["memory_mib"], mig["sm_count"]) == (
+            device["uuid"], device["profile"], device["memory_mib"], device["sm_count"])
+        assert any("%d SMs" % device["sm_count"] in w for w in plan["warnings"])
+        assert entry["gpu_label"] == "1x NVIDIA H100 80GB HBM3 MIG %s" % device["profile"]
+    assert len({e["plan"]["plan_hash"] for e in result}) == 4
+
+
+def test_mig_device_by_uuid_and_a_single_device_host_needs_no_instances(mig_host):
+    device = mig_host["mig_devices"][1]
+    [by_uuid] = deploy(mig_host, [{"name": "eng", "mig": device["uuid"]}])
+    assert by_uuid["plan"]["container"]["gpus"] == [device["uuid"]]
+    single = dict(mig_host, mig_devices=[mig_host["mig_devices"][0]])
+    [only] = deploy(single, name="gpufleet-engine")
+    assert only["name"] == "gpufleet-engine" and only["plan"]["container"]["gpus"] == [single["mig_devices"][0]["uuid"]]
+
+
+def test_a_plan_for_the_whole_mig_gpu_is_refused(mig_host):
+    with pytest.raises(PlanError, match=r"node-1: GPU 0 is in MIG mode, so a container cannot use the whole GPU: "
+                                        r"set engine_instances to one per MIG device"):
+        build_plan(mig_host, "sglang", tiny(), host="node-1")
+    with pytest.raises(PlanError, match=r"node-1: the host has 4 MIG devices .* set engine_instances to one per MIG "
+                                        r"device, e.g. \[\{name: gpufleet-engine-mig0, mig: 0"):
+        deploy(mig_host, name="gpufleet-engine")
+
+
+@pytest.mark.parametrize("engine,key", [("sglang", "--tp-size"), ("sglang", "tp-size"), ("sglang", "--tensor-parallel-size"),
+                                        ("vllm", "--tensor-parallel-size"), ("vllm", "-tp")])
+def test_tensor_parallel_on_a_mig_device_is_refused(mig_host, engine, key):
+    with pytest.raises(PlanError, match=r"node-1 \(instance eng-mig0\): %s 2 on MIG device 0 .* tensor parallel must "
+                                        r"be 1: remove %s from engine_overrides or engine_instances\[0\].overrides"
+                       % (key if key.startswith("-") else "--" + key, key if key.startswith("-") else "--" + key)):
+        deploy(mig_host, [{"name": "eng-mig0", "mig": 0, "overrides": {key: 2}}], engine=engine)
+
+
+def test_missing_mig_devices_name_the_fix(mig_host):
+    with pytest.raises(PlanError, match=r"engine_instances\[1\] \(b\): mig 7 is no MIG device of this host; the host "
+                                        r"has MIG devices 0 \(GPU 0 3g.40gb, MIG-"):
+        deploy(mig_host, [{"name": "a", "mig": 0}, {"name": "b", "mig": 7}])
+    empty = dict(mig_host, mig_devices=[])
+    with pytest.raises(PlanError, match=r"node-1: GPU 0 has MIG enabled but no MIG devices: create instances with "
+                                        r"nvidia-smi mig -i 0 -cgi <profile>\[,<profile>...\] -C .* or disable MIG"):
+        deploy(empty)
+    gis = dict(empty, mig_gpu_instances=[{"gpu": 0, "gi": 2, "profile": "3g.40gb", "profile_id": 9, "placement": "4:4"}])
+    with pytest.raises(PlanError, match=r"GPU 0 has GPU instances \(GI 2\) without compute instances: create them with "
+                                        r"nvidia-smi mig -i 0 -gi 2 -cci"):
+        deploy(gis, [{"name": "a", "mig": 0}])
+
+
+def test_mixed_mig_and_whole_gpus(mig_host):
+    mixed = copy.deepcopy(mig_host)
+    mixed["gpus"].append(dict(mixed["gpus"][0], index=1, uuid="GPU-whole-1", mig_mode="Disabled",
+                              mig_mode_pending="Disabled", pci_bus_id="00000000:00:07.0"))
+    mixed.update(count=2, memory_total_mib=2 * mixed["memory_min_mib"])
+    with pytest.raises(PlanError, match=r"node-1: GPUs 0 are in MIG mode and GPUs 1 are not, and one engine cannot use "
+                                        r"both: set engine_instances"):
+        deploy(mixed)
+    with pytest.raises(PlanError, match=r"engine_instances\[0\] \(both\): GPU 0 is in MIG mode, so a container cannot "
+                                        r"use the whole GPU nor mix it with GPUs outside MIG: .*GPU 0: mig: 0, 1, 2, 3"):
+        deploy(mixed, [{"name": "both", "gpus": [0, 1]}])
+    slice_, whole = deploy(mixed, [{"name": "slice", "mig": 2, "port": 30001}, {"name": "whole", "gpus": [1], "port": 30002}])
+    assert slice_["plan"]["container"]["gpus"] == [mixed["mig_devices"][2]["uuid"]]
+    assert whole["plan"]["container"]["gpus"] == [1] and "mig" not in whole["plan"]["decisions"]
+
+
+@pytest.mark.parametrize("instances,message", [
+    ([{"name": "a", "mig": 0, "gpus": [0]}], r"\(a\): give gpus or mig, not both"),
+    ([{"name": "a", "mig": 0, "port": 1}, {"name": "b", "mig": "0", "port": 2}],
+     r"\(b\): MIG device 0 \(GPU 0 3g.40gb, MIG-.*\) is already given to instance a"),
+    ([{"name": "a", "mig": 0, "port": 1}, {"name": "b", "port": 2}], r"\(b\): give its GPU indices \(gpus: \[...\]\) or its "
+                                                                     r"MIG device \(mig: <n>\)"),
+])
+def test_bad_mig_instances(mig_host, instances, message):
+    with pytest.raises(PlanError, match=message):
+        deploy(mig_host, instances)

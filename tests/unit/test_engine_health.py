@@ -176,3 +176,30 @@ def test_diagnoses_a_real_container_that_refused_to_start():
     assert (container["status"], container["exit_code"], container["oom_killed"]) == ("exited", 1, False)
     assert any("Invalid repository ID or local directory specified: '/nonexistent'" in line
                for line in result["diagnosis"]["last_log_lines"])
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_image_check_sends_one_image_to_a_vl_model_and_fails_on_a_text_model(tmp_path, engine):
+    from test_engine_standin import make_vl_model
+    args = ["--served-model-name", "qwen3", "--api-key", KEY]
+    with StandIn(engine, make_vl_model(tmp_path / "vl"), args) as server:
+        ok, result, msg = engine_health.probe(params(server.url, engine, image_check=True))
+    assert ok, msg
+    assert result["image_tokens"] == 8  # max_tokens of the gate
+    with StandIn(engine, make_model(tmp_path / "text"), args) as server:
+        plain_ok, plain, _ = engine_health.probe(params(server.url, engine))
+        ok, result, msg = engine_health.probe(params(server.url, engine, image_check=True))
+    assert plain_ok and plain["image_tokens"] is None
+    assert not ok
+    assert msg == "/v1/chat/completions (image) answered HTTP 400: the served model is not a multimodal model"
+
+
+def test_tiny_png_is_a_valid_png():
+    import struct
+    import zlib
+    png = engine_http.tiny_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (32, 32)
+    idat_len = struct.unpack(">I", png[33:37])[0]
+    assert png[37:41] == b"IDAT" and len(zlib.decompress(png[41:41 + idat_len])) == 32 * 33

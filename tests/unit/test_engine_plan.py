@@ -1,5 +1,6 @@
 """The planner: acceptance per GPU, bad inputs, argv checked by the rebuilt engine parsers."""
 import copy
+import itertools
 import json
 
 import pytest
@@ -376,3 +377,273 @@ def test_filters_return_plan_argv_and_fit_and_raise_filter_errors():
         filters["engine_plan"](gpu_facts("h100"), overrides={"--swap-space": 4}, **kwargs)
     with pytest.raises(AnsibleFilterError, match="cannot read knowledge table"):
         filters["engine_plan"](gpu_facts("h100"), knowledge_path="/nonexistent.yml", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# MoE, MLA and quantized checkpoints (docs/planning.md "MoE, MLA and quantized checkpoints")
+# --------------------------------------------------------------------------------------------
+REPOS = {"DeepSeek-V3": "deepseek-ai/DeepSeek-V3", "DeepSeek-V2-Lite-Chat": "deepseek-ai/DeepSeek-V2-Lite-Chat",
+         "Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B", "Mixtral-8x7B-Instruct-v0.1": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+         "Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
+         "Meta-Llama-3.1-8B-Instruct-FP8": "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
+         "Qwen2.5-7B-Instruct-GPTQ-Int4": "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4"}
+
+
+def real(name, **changes):
+    """A new fixture under its real repo id, weights counted from config.json unless given."""
+    return sized(name, repo_id=REPOS[name], **changes)
+
+
+def cc_facts(cc, count=1):
+    """H100-shaped facts re-labelled with another CC (SM100 has no card in gpu_fixtures)."""
+    facts = gpu_facts("h100", count, compute_capability=cc)
+    for gpu in facts["gpus"]:
+        gpu["compute_capability"] = cc
+    return facts
+
+
+def mla_table(engine, cc):
+    return KN["archs"][cc][engine]["mla"]
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+@pytest.mark.parametrize("card", ["h100", "h200", "l40s", "rtx5090"])
+def test_mla_models_get_an_mla_backend_of_the_engine(engine, card):
+    cc = gpu_facts(card)["compute_capability"]
+    for preset in ("high_performance", "balanced"):
+        p = plan(card, 2 if card == "rtx5090" else 1, engine, mdl=real("DeepSeek-V2-Lite-Chat"), preset=preset)
+        backend = p["decisions"]["attention_backend"]
+        assert backend in mla_table(engine, cc)["attention_backends"], (card, preset)
+        assert p["decisions"]["kv_layout"] == "mla" and option(p, "--attention-backend") == backend
+        # vLLM refuses its MHA backends for MLA (validate_configuration); SGLang's fa3 is no MLA kernel below 9.0.
+        assert backend not in ("FLASH_ATTN", "FLASHINFER", "TRITON_ATTN", "trtllm_mha")
+        assert not (backend == "fa3" and cc != "9.0")
+        if p["decisions"]["kv_cache_dtype"] != "auto":
+            assert backend in mla_table(engine, cc)["fp8_kv_backends"]
+
+
+def test_mla_backends_on_hopper_follow_the_engines_priorities():
+    assert plan("h100", 1, "vllm", mdl=real("DeepSeek-V2-Lite-Chat"),
+                preset="high_performance")["decisions"]["attention_backend"] == "FLASH_ATTN_MLA"
+    # FLASH_ATTN_MLA has no fp8 KV cache: FLASHMLA is next in vLLM's priority list.
+    assert plan("h100", 1, "vllm", mdl=real("DeepSeek-V2-Lite-Chat"))["decisions"]["attention_backend"] == "FLASHMLA"
+    assert plan("h100", 1, "sglang", mdl=real("DeepSeek-V2-Lite-Chat"))["decisions"]["attention_backend"] == "fa3"
+    assert plan("l40s", 1, "sglang", mdl=real("DeepSeek-V2-Lite-Chat"))["decisions"]["attention_backend"] == "triton"
+
+
+def test_sm100_deepseek_v3_gets_trtllm_mla_in_sglang_and_v2_flashinfer():
+    v3 = plan(facts=cc_facts("10.0", 8), engine="sglang", mdl=real("DeepSeek-V3", weights_bytes=400 * 2 ** 30),
+              preset="high_performance")
+    assert v3["decisions"]["attention_backend"] == "trtllm_mla"
+    v2 = plan(facts=cc_facts("10.0"), engine="sglang", mdl=real("DeepSeek-V2-Lite-Chat"), preset="high_performance")
+    assert v2["decisions"]["attention_backend"] == "flashinfer"
+    assert plan(facts=cc_facts("10.0"), engine="vllm", mdl=real("DeepSeek-V2-Lite-Chat"),
+                preset="high_performance")["decisions"]["attention_backend"] == "FLASHINFER_MLA"
+
+
+@pytest.mark.parametrize("engine,card,backend", [("vllm", "h100", "FLASH_ATTN"), ("vllm", "h100", "flashinfer"),
+                                                 ("sglang", "l40s", "fa3"), ("sglang", "h100", "trtllm_mha"),
+                                                 ("vllm", "rtx5090", "FLASHMLA")])
+def test_a_pinned_backend_the_engine_refuses_for_mla_is_a_plan_error(engine, card, backend):
+    with pytest.raises(PlanError) as err:
+        plan(card, 1, engine, mdl=real("DeepSeek-V2-Lite-Chat"), overrides={"--attention-backend": backend})
+    message = str(err.value)
+    assert "node-1" in message and repr(backend) in message and "MLA" in message and "choose one of" in message
+
+
+def test_mla_kv_cache_in_the_fit_is_the_latent_on_every_gpu():
+    one = plan("h200", 8, "vllm", mdl=real("DeepSeek-V3"))
+    d = model_dims(real("DeepSeek-V3")["config"])
+    assert one["fit"]["kv_bytes_per_token"] == 61 * (d["mla"]["kv_lora_rank"] + d["mla"]["qk_rope_head_dim"]) * 1
+    small = plan("h100", 1, "vllm", mdl=real("DeepSeek-V2-Lite-Chat"))
+    assert small["fit"]["kv_bytes_per_token"] == 27 * 576 * 1
+
+
+def test_deepseek_v3_plans_on_8_h200_with_expert_parallelism_and_is_refused_on_2_h100():
+    for engine, flag in (("sglang", "--ep-size"), ("vllm", "--enable-expert-parallel")):
+        p = plan("h200", 8, engine, mdl=real("DeepSeek-V3"))
+        assert p["decisions"]["tp_size"] == 8 and p["decisions"]["experts"] == 256
+        assert option(p, flag) == ("8" if engine == "sglang" else True)
+        assert p["decisions"]["quantization"] == "fp8" and option(p, "--quantization") is None
+        assert p["fit"]["weights_per_gpu_bytes"] > 70 * 2 ** 30          # all 256 experts counted
+        with pytest.raises(PlanError) as err:
+            plan("h100", 2, engine, mdl=real("DeepSeek-V3"))
+        message = str(err.value)
+        for part in ("node-1", "2 x NVIDIA H100 80GB HBM3", "deepseek-ai/DeepSeek-V3", "does not fit", "needs",
+                     "has", "such GPUs"):
+            assert part in message, (engine, message)
+
+
+def test_moe_models_over_several_gpus_get_the_engines_expert_parallel_flags():
+    s = plan("h100", 2, "sglang", mdl=real("Qwen3-30B-A3B"))
+    v = plan("h100", 2, "vllm", mdl=real("Qwen3-30B-A3B"))
+    assert option(s, "--ep-size") == "2" and s["decisions"]["expert_parallel"] == 2
+    assert option(v, "--enable-expert-parallel") is True
+    flag_dump.check_argv(PARSERS["sglang"], s["args"])
+    flag_dump.check_argv(PARSERS["vllm"], v["args"])
+    # One GPU, or a dense model: nothing to spread.
+    assert option(plan("h100", 1, "sglang", mdl=real("Qwen3-30B-A3B")), "--ep-size") is None
+    assert option(plan("h100", 2, "vllm", mdl=real("Llama-3.1-8B-Instruct")), "--enable-expert-parallel") is None
+    off = plan("h100", 2, "vllm", mdl=real("Qwen3-30B-A3B"), overrides={"--disable-expert-parallel": True})
+    assert "--disable-expert-parallel" in off["args"] and "--enable-expert-parallel" not in off["args"]
+
+
+def test_experts_that_do_not_split_evenly_stay_tensor_parallel_with_a_warning():
+    six = real("Mixtral-8x7B-Instruct-v0.1")
+    six["config"]["num_local_experts"] = 6
+    p = plan("h100", 4, "sglang", mdl=six)
+    assert option(p, "--ep-size") is None and any("do not split evenly" in w for w in p["warnings"])
+
+
+@pytest.mark.parametrize("kwargs,parts", [
+    (dict(name="Qwen3-30B-A3B", count=4, overrides={"--ep-size": 2}), ["--ep-size 2", "1 or the tensor parallel size 4"]),
+    (dict(name="Qwen3-14B", count=2, overrides={"--ep-size": 2}), ["--ep-size", "not a mixture-of-experts", "remove"]),
+])
+def test_a_pinned_expert_parallel_size_is_checked(kwargs, parts):
+    name = kwargs.pop("name")
+    with pytest.raises(PlanError) as err:
+        plan("h100", engine="sglang", mdl=real(name) if name in REPOS else sized(name), **kwargs)
+    for part in parts:
+        assert part in str(err.value)
+
+
+def test_fp8_preset_takes_a_compressed_tensors_fp8_checkpoint():
+    for engine in ("sglang", "vllm"):
+        p = plan("h100", 1, engine, mdl=real("Meta-Llama-3.1-8B-Instruct-FP8"), preset="fp8")
+        assert p["decisions"]["quantization"] == "compressed-tensors"
+        assert option(p, "--quantization") is None                  # the engine reads quantization_config
+        assert p["fit"]["weights_bytes"] == real("Meta-Llama-3.1-8B-Instruct-FP8")["weights_bytes"]
+    with pytest.raises(PlanError, match="preset fp8 needs an unquantized or FP8 checkpoint; this one is gptq"):
+        plan("h100", 1, "vllm", mdl=real("Qwen2.5-7B-Instruct-GPTQ-Int4"), preset="fp8")
+    with pytest.raises(PlanError, match="preset fp8 needs native FP8"):
+        plan(facts=cc_facts("8.0"), engine="vllm", mdl=real("Meta-Llama-3.1-8B-Instruct-FP8"), preset="fp8")
+
+
+def test_gptq_checkpoints_are_left_to_the_engine_in_float16():
+    for engine in ("sglang", "vllm"):
+        p = plan("l40s", 1, engine, mdl=real("Qwen2.5-7B-Instruct-GPTQ-Int4"))
+        assert p["decisions"]["quantization"] == "gptq" and option(p, "--quantization") is None
+        assert p["decisions"]["dtype"] == "float16"
+
+
+NEW_MODELS = sorted(REPOS)
+
+
+def test_every_plan_of_the_new_fixtures_parses():
+    planned = set()
+    for card, count, engine, name, preset in itertools.product(("h100", "h200", "l40s", "rtx5090"), (1, 2, 4, 8),
+                                                                ("sglang", "vllm"), NEW_MODELS,
+                                                                ("balanced", "high_performance", "fp8")):
+        try:
+            p = plan(card, count, engine, mdl=real(name), preset=preset)
+        except PlanError as exc:
+            assert "does not fit" in str(exc) or "preset fp8" in str(exc), (card, count, engine, name, str(exc))
+            continue
+        flag_dump.check_argv(PARSERS[engine], p["args"])
+        assert_full_names(p)
+        planned.add(name)
+    assert planned == set(NEW_MODELS)
+
+
+# SGLang's own mem_fraction_static, transcribed from SGLang 0.5.23 sglang/srt/arg_groups/memory_hook.py
+# (handle_gpu_memory_settings, reserve_for_graph_mb) and cuda_graph_hook.py
+# (generate_prefill_cuda_graph_batch_sizes), independent of the knowledge table's numbers.
+def sglang_default_fraction(gpu_mem, tp=1, decode_graph=True, prefill_graph=True, mla=False,
+                            chunked=None, max_total_tokens=None, max_running=None):
+    tiers = [(20 * 1024, 2048, 8, 8), (35 * 1024, 4096, 48, 160), (60 * 1024, 4096, 32, 160),
+             (90 * 1024, 8192, 256, 512), (160 * 1024, 8192, 256, 512)]
+    chunk, bs = 16384, 512
+    for below, tier_chunk, small_bs, large_bs in tiers:
+        if gpu_mem < below:
+            chunk, bs = tier_chunk, (small_bs if tp < 4 else large_bs)
+            break
+    chunk = chunk if chunked is None else chunked
+    if max_running is not None and bs > max_running:
+        bs = max_running
+    prefill_max_bs = min(8192, chunk) if mla else chunk
+    if max_total_tokens is not None:
+        prefill_max_bs = min(prefill_max_bs, max_total_tokens)
+    sizes = [s for s in (list(range(4, 33, 4)) + list(range(48, 257, 16)) + list(range(288, 513, 32))
+                         + list(range(576, 1024 + 1, 64)) + list(range(1280, 4096 + 1, 256))
+                         + list(range(4608, prefill_max_bs + 1, 512))) if s <= prefill_max_bs]
+    activation_tokens = max(chunk, 2048) if chunk > 0 else max(16384, 2048)
+    reserved = 512 + activation_tokens * 1.5 + tp * 1 / 8 * 1024
+    reserved += (bs * 2 if decode_graph else 0) + ((1.5 * 1024 if mla else len(sizes) * 8) if prefill_graph else 0)
+    if gpu_mem > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((gpu_mem - reserved) / gpu_mem, 3)
+
+
+@pytest.mark.parametrize("card", ["h100", "h200", "rtx5090", "l40s"])
+@pytest.mark.parametrize("count", [1, 2, 4, 8])
+def test_sglang_fraction_is_sglangs_own_default(card, count):
+    mem = gpu_facts(card)["memory_min_mib"]
+    name = "Qwen3-14B" if card in ("h100", "h200") else "Qwen3-32B-AWQ"
+    got = plan(card, count, "sglang", name)["decisions"]["memory_fraction"]
+    assert got == sglang_default_fraction(mem, tp=count)
+    mla = plan(card, count, "sglang", mdl=real("DeepSeek-V2-Lite-Chat"), preset="memory_optimized")
+    assert mla["decisions"]["memory_fraction"] == sglang_default_fraction(mem, tp=mla["decisions"]["tp_size"], mla=True,
+                                                                          max_running=64)
+    no_graphs = plan(card, count, "sglang", name, "ultra_low_memory")["decisions"]["memory_fraction"]
+    assert no_graphs == sglang_default_fraction(mem, tp=count, decode_graph=False, prefill_graph=False, max_running=16)
+
+
+def test_the_prefill_graph_reserve_is_what_the_old_fraction_missed():
+    # H100 / H200 / RTX 5090 / L40S, one GPU: the prefill CUDA-graph reserve lowers the fraction.
+    for card in ("h100", "h200", "rtx5090", "l40s"):
+        mem = gpu_facts(card)["memory_min_mib"]
+        assert sglang_default_fraction(mem) < sglang_default_fraction(mem, prefill_graph=False)
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    ({"--disable-cuda-graph": True}, dict(decode_graph=False, prefill_graph=False)),
+    ({"--cuda-graph-backend-prefill": "disabled"}, dict(prefill_graph=False)),
+    ({"--disable-decode-cuda-graph": True}, dict(decode_graph=False)),
+    ({"--chunked-prefill-size": 4096}, dict(chunked=4096)),
+    ({"--chunked-prefill-size": 16384}, dict(chunked=16384)),
+    ({"--max-total-tokens": 2048}, dict(max_total_tokens=2048)),
+])
+def test_sglang_overrides_flow_into_the_fraction(overrides, expect):
+    base = plan("h200", 1, "sglang")
+    changed = plan("h200", 1, "sglang", overrides=overrides)
+    mem = gpu_facts("h200")["memory_min_mib"]
+    assert changed["decisions"]["memory_fraction"] == sglang_default_fraction(mem, **expect)
+    assert changed["decisions"]["memory_fraction"] != base["decisions"]["memory_fraction"]
+    assert changed["fit"]["max_context_fit"] != base["fit"]["max_context_fit"]
+    assert float(option(changed, "--mem-fraction-static")) == changed["decisions"]["memory_fraction"]
+
+
+def test_disable_cuda_graph_shows_in_the_decisions():
+    p = plan("h100", 1, "sglang", overrides={"--disable-cuda-graph": True})
+    assert p["decisions"]["cuda_graph"] is False and p["decisions"]["prefill_cuda_graph"] is False
+    assert "--disable-cuda-graph" in p["args"] and "--cuda-graph-backend-decode" not in p["args"]
+
+
+def test_sglang_max_total_tokens_caps_the_context():
+    p = plan("h100", 1, "sglang", overrides={"--max-total-tokens": "8k"})
+    assert p["decisions"]["context_length"] == 8000 == p["fit"]["kv_tokens_cap"]
+    assert option(p, "--context-length") == "8000" and option(p, "--max-total-tokens") == "8k"
+    with pytest.raises(PlanError, match="above --max-total-tokens 8000"):
+        plan("h100", 1, "sglang", overrides={"--max-total-tokens": "8k", "--context-length": 16384})
+
+
+def test_vllm_enforce_eager_and_batched_tokens_flow_into_the_reserve():
+    base = plan("h100", 1, "vllm")
+    eager = plan("h100", 1, "vllm", overrides={"--enforce-eager": True})
+    assert eager["decisions"]["cuda_graph"] is False and "--enforce-eager" in eager["args"]
+    assert eager["fit"]["reserve_bytes"] < base["fit"]["reserve_bytes"]
+    assert eager["fit"]["max_context_fit"] > base["fit"]["max_context_fit"]
+    big = plan("h100", 1, "vllm", overrides={"--max-num-batched-tokens": 32768})
+    assert big["decisions"]["prefill_tokens"] == 32768 and base["decisions"]["prefill_tokens"] == 8192
+    assert big["fit"]["reserve_bytes"] > base["fit"]["reserve_bytes"]
+    assert big["fit"]["max_context_fit"] < base["fit"]["max_context_fit"]
+    # The engine's default batch is 2048 tokens below 70 GiB (engine/arg_utils.py get_batch_defaults).
+    assert plan("l40s", 1, "vllm")["decisions"]["prefill_tokens"] == 2048
+
+
+@pytest.mark.parametrize("engine,flag", [("vllm", "--model"), ("sglang", "--model-path"), ("sglang", "--model")])
+def test_a_model_override_is_refused(engine, flag):
+    with pytest.raises(PlanError) as err:
+        plan(engine=engine, overrides={flag: "/other"})
+    message = str(err.value)
+    assert message.startswith("node-1: ") and flag in message and "model.path" in message

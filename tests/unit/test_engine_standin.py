@@ -355,3 +355,48 @@ def test_sglang_generate_native_api(model):
     assert len(out["text"].split()) == 3
     assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 3}
     assert out["meta_info"]["completion_tokens"] == 3
+
+
+# -- image requests (issue 13): the stand-in refuses a malformed image part the way the engines do ----------
+def make_vl_model(root):
+    """A model dir whose config.json is the real Qwen2.5-VL-7B-Instruct one (it has a vision_config)."""
+    path = make_model(root)
+    with open(os.path.join(REPO, "tests", "fixtures", "models", "Qwen2.5-VL-7B-Instruct", "config.json")) as src:
+        config = src.read()
+    with open(os.path.join(path, "config.json"), "w") as dst:
+        dst.write(config)
+    return path
+
+
+def image_chat(url, parts, key=KEY):
+    body = {"model": "vl", "max_tokens": 4, "messages": [{"role": "user", "content": parts}]}
+    return requests.post(url + "/v1/chat/completions", json=body, headers=bearer(key), timeout=10)
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_image_requests_are_checked_like_the_engines_do(tmp_path, engine):
+    from ansible_collections.gpufleet.serving.plugins.module_utils import engine_http
+    good = engine_http.image_message()["content"]
+    url = good[0]["image_url"]["url"]
+    bad = {
+        "no url": [{"type": "image_url", "image_url": {}}],
+        "no comma": [{"type": "image_url", "image_url": {"url": "data:image/png;base64"}}],
+        "not base64": [{"type": "image_url", "image_url": {"url": url.replace(";base64", "")}}],
+        "broken base64": [{"type": "image_url", "image_url": {"url": url[:-3] + "!!!"}}],
+        "not an image": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}],
+        "unknown part": [{"type": "image", "image": url}],
+    }
+    with StandIn(engine, make_vl_model(tmp_path / "vl"), ["--served-model-name", "vl", "--api-key", KEY]) as vl:
+        vl.wait_ready()
+        ok = image_chat(vl.url, good)
+        refused = {name: image_chat(vl.url, parts) for name, parts in bad.items()}
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["usage"]["completion_tokens"] == 4
+    for name, resp in refused.items():
+        assert resp.status_code == 400, name
+    assert "missing ',' separator" in refused["no comma"].text
+    assert "Only base64 data URLs" in refused["not base64"].text
+    with StandIn(engine, make_model(tmp_path / "text"), ["--served-model-name", "vl", "--api-key", KEY]) as text:
+        text.wait_ready()
+        resp = image_chat(text.url, good)
+    assert resp.status_code == 400 and "not a multimodal model" in resp.text

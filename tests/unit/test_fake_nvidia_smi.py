@@ -156,3 +156,45 @@ def test_profile_from_state_file(tmp_path):
     assert "RTX 5090" in fake("-L", profile=None, state_dir=tmp_path).stdout
     done = fake("-L", profile=None, state_dir=tmp_path / "missing")
     assert done.returncode == 255 and "no GPU profile" in done.stderr
+
+
+def run_fake(gpu_dir, profile):
+    def run(argv):
+        done = fake(*argv[1:], profile=profile, gpu_dir=gpu_dir)
+        return done.returncode, done.stdout, done.stderr
+    return run
+
+
+def test_mig_profile_reads_back_as_its_mig_devices():
+    """lab/gpus/h100-mig: the MIG devices of gpu.json come back through -L, the table and mig -lgi/-lci."""
+    profile = json.loads(read(GPUS, "h100-mig", "gpu.json"))
+    facts, warnings = smi.collect(FAKE, run_fake(GPUS, "h100-mig"), lambda path: read(H100, "host.txt"))
+    assert warnings == [] and facts["state"] == "healthy"
+    assert (facts["gpus"][0]["mig_mode"], facts["gpus"][0]["mig_mode_pending"]) == ("Enabled", "Enabled")
+    assert [(d["uuid"], d["profile"], d["gi"], d["ci"], d["memory_mib"], d["sm_count"]) for d in facts["mig_devices"]] == [
+        (d["uuid"], d["profile"], d["gi"], d["ci"], d["memory_mib"], d["sm"]) for d in profile["mig_devices"]]
+    lgi = smi.parse_mig_gpu_instances(fake("mig", "-lgi", profile="h100-mig").stdout)
+    assert [(i["gi"], i["profile_id"], i["placement"]) for i in lgi] == [
+        (d["gi"], d["gi_profile_id"], d["gi_placement"]) for d in profile["mig_devices"]]
+    lci = fake("mig", "-lci", profile="h100-mig").stdout
+    assert "| Compute instances:" in lci and lci.count("MIG ") == len(profile["mig_devices"])
+
+
+def test_mig_enabled_without_devices_and_pending(tmp_path):
+    """A MIG GPU with no instance yet, and a GPU whose MIG mode changes at the next reset."""
+    profile = json.loads(read(GPUS, "h100-mig", "gpu.json"))
+    profile["mig_devices"] = []
+    profile["gpus"].append(dict(profile["gpus"][0], index="1", uuid="GPU-0c4e2a19-7f3b-4d61-9a8e-5b2c1d0f7e93",
+                                **{"pci.bus_id": "00000000:00:07.0", "mig.mode.current": "Disabled",
+                                   "mig.mode.pending": "Enabled"}))
+    profile["topology"] = {"link": "NV18", "cpu_affinity": ["0-15", "0-15"], "numa_affinity": ["0", "0"]}
+    os.makedirs(tmp_path / "h100-mig")
+    (tmp_path / "h100-mig" / "gpu.json").write_text(json.dumps(profile))
+    os.makedirs(tmp_path / "h100-80gb-hbm3")
+    shutil.copy(os.path.join(H100, "help-query-gpu.txt"), tmp_path / "h100-80gb-hbm3")
+    facts, warnings = smi.collect(FAKE, run_fake(str(tmp_path), "h100-mig"), lambda path: read(H100, "host.txt"))
+    assert facts["mig_devices"] == [] and facts["mig_gpu_instances"] == []   # -lgi: none found, rc 6
+    assert facts["mig_pending"] == [{"gpu": 1, "current": "Disabled", "pending": "Enabled"}]
+    assert warnings == ["GPU 1: MIG mode is Disabled now and Enabled after the next GPU reset or reboot "
+                        "(nvidia-smi -i 1 -r, or reboot); plans follow the current mode"]
+    assert "No MIG devices found" in fake(profile="h100-mig", gpu_dir=str(tmp_path)).stdout

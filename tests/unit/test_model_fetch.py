@@ -267,9 +267,11 @@ def test_model_fetch_disagreement_names_the_odd_host():
 
 def test_model_fetch_fact_publishes_the_model_and_its_extras():
     snaps = filters.model_snapshots({"repo_id": REPO, "dir": "/m"}, [{"repo_id": "o/d", "name": "draft"}])
-    fact = filters.model_fetch_fact(snaps, [{"commit_sha": "a" * 40, "bytes": 10}, {"commit_sha": "b" * 40, "bytes": 2}])
-    assert fact == {"repo_id": REPO, "dir": "/m", "commit_sha": "a" * 40, "bytes": 10, "extra_models": [
-        {"name": "draft", "repo_id": "o/d", "dir": "/srv/models/o--d", "commit_sha": "b" * 40, "bytes": 2}]}
+    fact = filters.model_fetch_fact(snaps, [{"commit_sha": "a" * 40, "bytes": 10, "weights_bytes": 6},
+                                            {"commit_sha": "b" * 40, "bytes": 2, "weights_bytes": 1}])
+    assert fact == {"repo_id": REPO, "dir": "/m", "commit_sha": "a" * 40, "bytes": 10, "weights_bytes": 6,
+                    "extra_models": [{"name": "draft", "repo_id": "o/d", "dir": "/srv/models/o--d",
+                                      "commit_sha": "b" * 40, "bytes": 2, "weights_bytes": 1}]}
 
 
 def test_rsync_only_transfers_exactly_the_listed_files(tmp_path):

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import (
-    GIB, PlanError, estimate_weights, fit, fp8_weights, kv_bytes_per_token, model_dims, parse_context,
-    read_config, weights_on_disk)
+    GIB, PlanError, estimate_weights, fit, fp8_weights, kv_bytes_per_token, model_dims, parameter_split,
+    parse_context, read_config, weights_on_disk)
 from gpu_fixtures import MODELS_DIR, model
 
 # (layers, attention heads, KV heads, head_dim, max_position_embeddings) of the real checkpoints.
@@ -166,3 +166,103 @@ def test_pinned_context_too_large_is_an_error_not_a_lowering():
         run_fit("Qwen3-14B", 80, pinned_context=65536)
     result, warnings = run_fit("Qwen3-14B", 80, pinned_context=16384)
     assert result["context_length"] == 16384 and not warnings
+
+
+# --------------------------------------------------------------------------------------------
+# MLA, MoE and quantized checkpoints (docs/planning.md "MoE, MLA and quantized checkpoints")
+# --------------------------------------------------------------------------------------------
+# Published parameter counts (model cards / technical reports) of the fixture checkpoints.
+PUBLISHED_PARAMS = {
+    "DeepSeek-V3": 671e9,                    # "671B total" (main model, MTP module not loaded)
+    "DeepSeek-V2-Lite-Chat": 15.7e9,
+    "Qwen3-30B-A3B": 30.5e9,
+    "Mixtral-8x7B-Instruct-v0.1": 46.7e9,
+    "Llama-3.1-8B-Instruct": 8.03e9,
+    "Meta-Llama-3.1-8B-Instruct-FP8": 8.03e9,
+    "Qwen2.5-7B-Instruct-GPTQ-Int4": 7.62e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_parameter_count_of_moe_mla_and_quantized_models_matches_the_published_one(name):
+    assert sum(parameter_split(dims(name))) == pytest.approx(PUBLISHED_PARAMS[name], rel=0.01)
+
+
+def test_moe_fields_of_each_family_are_read():
+    v3, qwen, mixtral = dims("DeepSeek-V3"), dims("Qwen3-30B-A3B"), dims("Mixtral-8x7B-Instruct-v0.1")
+    # DeepSeek: n_routed_experts, one shared expert, the first 3 layers dense (first_k_dense_replace).
+    assert (v3["moe"]["num_experts"], v3["moe"]["moe_layers"]) == (256, 61 - 3)
+    assert v3["moe"]["shared_intermediate_size"] == 1 * 2048
+    # Qwen3-MoE: num_experts, decoder_sparse_step 1 and no mlp_only_layers: every layer sparse.
+    assert (qwen["moe"]["num_experts"], qwen["moe"]["moe_layers"], qwen["moe"]["expert_intermediate_size"]) == (128, 48, 768)
+    # Mixtral: num_local_experts of intermediate_size.
+    assert (mixtral["moe"]["num_experts"], mixtral["moe"]["expert_intermediate_size"]) == (8, 14336)
+    assert dims("Llama-3.1-8B-Instruct")["moe"] is None and dims("Llama-3.1-8B-Instruct")["mla"] is None
+
+
+def test_qwen_mlp_only_layers_and_sparse_step_make_dense_layers():
+    config = model("Qwen3-30B-A3B")["config"]
+    config.update(mlp_only_layers=[0, 1], decoder_sparse_step=2)
+    d = model_dims(config)
+    # layers 1, 3, 5, ... are sparse ((i + 1) % 2 == 0), minus layer 1 from mlp_only_layers
+    assert d["moe"]["moe_layers"] == 24 - 1
+    assert sum(parameter_split(d)) < sum(parameter_split(dims("Qwen3-30B-A3B")))
+
+
+def test_mla_kv_cache_is_the_latent_and_is_not_split_by_tp():
+    for name in ("DeepSeek-V3", "DeepSeek-V2-Lite-Chat"):
+        d = dims(name)
+        latent = d["mla"]["kv_lora_rank"] + d["mla"]["qk_rope_head_dim"]
+        assert latent == 512 + 64
+        for tp in (1, 2, 8):
+            assert kv_bytes_per_token(d, tp, 2) == d["num_layers"] * latent * 2
+    # What the GQA formula would have said for DeepSeek-V3 (128 "KV heads" x 128): 57x more at tp 1.
+    v3 = dims("DeepSeek-V3")
+    assert 2 * 61 * 128 * 128 * 2 / kv_bytes_per_token(v3, 1, 2) > 50
+
+
+def test_a_671b_moe_without_weights_bytes_is_estimated_near_its_size():
+    estimate = estimate_weights(dims("DeepSeek-V3"))
+    # FP8 linear layers (1 byte) + bf16 embeddings and lm_head; the repo's 163 safetensors hold
+    # ~689 GB including the 14B MTP module the engines do not load without speculative decoding.
+    assert 620 * GIB < estimate < 689e9
+    assert estimate > 9 * estimate_weights(dims("Qwen3-30B-A3B"))
+
+
+def test_quantization_of_compressed_tensors_fp8_and_gptq_is_recognised():
+    fp8 = dims("Meta-Llama-3.1-8B-Instruct-FP8")
+    assert (fp8["quant_method"], fp8["quant_bits"], fp8["quant_float"]) == ("compressed-tensors", 8, True)
+    gptq = dims("Qwen2.5-7B-Instruct-GPTQ-Int4")
+    assert (gptq["quant_method"], gptq["quant_bits"], gptq["quant_group_size"], gptq["quant_float"]) == ("gptq", 4, 128, False)
+    v3 = dims("DeepSeek-V3")
+    assert (v3["quant_method"], v3["quant_bits"], v3["quant_float"]) == ("fp8", 8, True)
+
+
+def test_bytes_per_weight_of_quantized_checkpoints():
+    bf16 = estimate_weights(dims("Llama-3.1-8B-Instruct"))
+    fp8 = estimate_weights(dims("Meta-Llama-3.1-8B-Instruct-FP8"))
+    # FP8 layers at one byte, embeddings and lm_head (ignored by the scheme) stay bf16:
+    # RedHatAI's safetensors hold 9.08 GB.
+    assert fp8 == pytest.approx(9.08e9, rel=0.02) and 0.5 < fp8 / bf16 < 0.6
+    # GPTQ int4 g128 layers plus fp16 embeddings: Qwen's safetensors hold 5.58 GB.
+    assert estimate_weights(dims("Qwen2.5-7B-Instruct-GPTQ-Int4")) == pytest.approx(5.58e9, rel=0.03)
+
+
+def test_a_model_too_big_names_how_many_gpus_would_hold_it():
+    d = dims("DeepSeek-V3")
+    with pytest.raises(PlanError) as err:
+        fit(d, weights_bytes=estimate_weights(d), gpu_memory_bytes=80 * GIB, memory_fraction=0.83, reserve_bytes=0,
+            tp=2, kv_bytes=1, min_context=2048, where="h1: 2 x H100")
+    message = str(err.value)
+    assert "h1: 2 x H100" in message and "does not fit" in message and "at least 16 such GPUs" in message
+
+
+def test_max_total_tokens_caps_the_kv_pool_and_the_context():
+    result, warnings = run_fit("Qwen3-14B", 80, token_cap=8192)
+    assert result["max_context_fit"] == 8192 == result["context_length"] and result["kv_tokens_cap"] == 8192
+    with pytest.raises(PlanError, match="above --max-total-tokens 8192"):
+        run_fit("Qwen3-14B", 80, token_cap=8192, pinned_context=16384)
+    with pytest.raises(PlanError, match="--max-total-tokens 1024 leaves a KV pool below 2048"):
+        run_fit("Qwen3-14B", 80, token_cap=1024)
+    _, warnings = run_fit("Qwen3-14B", 32, token_cap=10 ** 7)
+    assert any("uses the smaller" in w for w in warnings)

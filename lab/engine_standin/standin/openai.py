@@ -3,6 +3,8 @@
 Shapes follow sglang/srt/entrypoints/openai/protocol.py (0.5.23) and
 vllm/entrypoints/openai/{chat_completion,completion}/protocol.py (0.33.0).
 """
+import base64
+import binascii
 import hashlib
 import time
 import uuid
@@ -33,6 +35,52 @@ def _text_of(content):
     if isinstance(content, list):  # multimodal parts: only text counts here
         return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
     return content or ""
+
+
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
+
+
+def _check_image_url(engine, part):
+    """An image_url part as the engines take it: {"type": "image_url", "image_url": {"url": ...}} with a
+    base64 data URL of an image (vllm/multimodal/media/connector.py _load_data_url; the stand-in is
+    offline, so it fetches no http(s) URL)."""
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str):  # both engines' pydantic models: image_url.url is a required string
+        raise bad_request(engine, "messages: an image_url part needs image_url.url (a string)")
+    if url[:5].lower() != "data:":
+        raise bad_request(engine, "the stand-in is offline: send images as base64 data URLs")
+    spec, sep, data = url[5:].partition(",")
+    if not sep:
+        raise bad_request(engine, f"Invalid data URL {url[:32]!r}: missing ',' separator.")
+    if spec.rpartition(";")[2] != "base64":
+        raise bad_request(engine, "Only base64 data URLs are supported for now.")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(engine, "Failed to load image: invalid base64 data") from None
+    if not raw.startswith(IMAGE_MAGIC):
+        raise bad_request(engine, "Failed to load image: cannot identify image file")
+
+
+def check_content_parts(engine, body, multimodal):
+    """Refuse malformed content parts the way the engines do (400): unknown part types, a text part
+    without text, an image part that is not an image, and any image for a text-only model."""
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise bad_request(engine, "messages: a text part needs a text string")
+            elif kind == "image_url":
+                if not multimodal:  # vllm/multimodal/registry.py; SGLang has no image processor for it
+                    raise bad_request(engine, "the served model is not a multimodal model")
+                _check_image_url(engine, part)
+            else:
+                raise bad_request(engine, f"messages: unknown content part type {kind!r}")
 
 
 def prompt_of(kind, body, engine):

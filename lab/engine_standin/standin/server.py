@@ -187,6 +187,8 @@ class Handler(BaseHTTPRequestHandler):
         engine = self.cfg.engine
         body = self._json_body()
         model = self._model_for(body)
+        if kind == "chat":
+            openai.check_content_parts(engine, body, bool(self.cfg.model_config.get("vision_config")))
         prompt, prompt_tokens = openai.prompt_of(kind, body, engine)
         default_max = None if kind == "chat" else 16  # OpenAI default for /v1/completions
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens", default_max)
@@ -267,7 +269,7 @@ class Handler(BaseHTTPRequestHandler):
             "preferred_sampling_params": args.get("preferred_sampling_params"), "weight_version": "default",
             "load_format": args.get("load_format"), "reasoning_parser": args.get("reasoning_parser"),
             "tool_call_parser": args.get("tool_call_parser"), "disaggregation_mode": "null",
-            "has_image_understanding": False, "has_audio_understanding": False,
+            "has_image_understanding": bool(cfg.model_config.get("vision_config")), "has_audio_understanding": False,
             "model_type": cfg.model_config.get("model_type"),
             "architectures": cfg.model_config.get("architectures")})
 
