@@ -21,7 +21,7 @@ LANE_A=(tests/unit tests/parsers tests/integration/test_molecule.py tests/integr
         tests/integration/test_model_fetch_fleet.py tests/integration/test_ansible_runner.py)
 IGNORE_A=()
 for path in "${LANE_A[@]}"; do IGNORE_A+=(--ignore="$path"); done
-PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -rs --durations=15)
+PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -rfEs --durations=15)
 
 lane_a_log=$(mktemp /tmp/gpufleet-lane-a.XXXXXX)
 trap 'rm -f "$lane_a_log"' EXIT

@@ -695,6 +695,8 @@ def _fit(kn, ctx, model, dims, d, pinned, warnings):
     # a VLM's vision tower (vision_fit.py): its weights when they were estimated from the
     # text config, and its activations where the engine's memory fraction has to hold them.
     vision = d["vision"] = vision_fit.vision_plan(ctx["engine"], model.get("config"), d["dtype"], where)
+    if vision and vision["warning"]:
+        warnings.append(vision["warning"])
     if vision and not model.get("weights_bytes"):
         weights += vision["weights_bytes"]
     stored, served = DTYPE_BYTES.get(dims["dtype"], 2), DTYPE_BYTES[d["dtype"]]

@@ -34,7 +34,13 @@ DRAINING = "draining"
 
 
 class GatewayError(Exception):
-    """The router did not answer, or answered with an error; ``str()`` names the router and the call."""
+    """The router did not answer, or answered with an error; ``str()`` names the router and the call.
+
+    ``status`` is the HTTP status when the router answered one, else None."""
+
+    def __init__(self, message, status=None):
+        super(GatewayError, self).__init__(message)
+        self.status = status
 
 
 def address_of(url):
@@ -63,7 +69,8 @@ class Router(object):
             body = resp.read()
         except HTTPError as exc:
             raise GatewayError("%s answered HTTP %s: %s%s" % (where, exc.code, exc.read()[:300].decode("utf-8", "replace"),
-                                                             " (check gateway_api_key)" if exc.code in (401, 403) else ""))
+                                                             " (check gateway_api_key)" if exc.code in (401, 403) else ""),
+                               status=exc.code)
         except (URLError, socket.timeout, OSError) as exc:
             raise GatewayError("%s: no answer within %.0f s (%s)" % (where, self.timeout, getattr(exc, "reason", exc)))
         try:
@@ -83,10 +90,19 @@ class Router(object):
                  "model": w.get("model_id")} for w in listed]
 
     def add(self, url, api_key=None):
+        """Queue a registration. True when this call queued it, False when the router already had one
+        under way for the URL (smg answers 409 WORKER_CREATE_IN_PROGRESS while an earlier registration -
+        a run cut short, a worker that was down - still probes it; the outcome is the same)."""
         payload = {"url": url}
         if api_key:
             payload["api_key"] = api_key
-        return self._call("POST", "/workers", payload)
+        try:
+            self._call("POST", "/workers", payload)
+        except GatewayError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     def remove(self, worker_id):
         return self._call("DELETE", "/workers/%s" % worker_id)

@@ -148,6 +148,14 @@ def quantization(config, cfg):
     bits, group, is_float = quant.get("bits"), quant.get("group_size"), False
     if method == "fp8":
         bits, is_float = 8, True
+    elif method == "mxfp4":  # gpt-oss: 4-bit floats, one 8-bit scale per 32 (vLLM quantization/mxfp4.py)
+        bits, group = 4, 32
+    elif method == "modelopt":  # NVIDIA ModelOpt: quant_algo FP8, or NVFP4 (4-bit, one FP8 scale per 16)
+        algo = str(quant.get("quant_algo") or "").upper()
+        if algo == "FP8":
+            bits, is_float = 8, True
+        elif algo == "NVFP4":
+            bits, group = 4, quant.get("group_size") or 16
     elif method == "compressed-tensors":
         weights = [g.get("weights") or {} for g in (quant.get("config_groups") or {}).values() if isinstance(g, dict)]
         widths = [w.get("num_bits") for w in weights if isinstance(w.get("num_bits"), int)]

@@ -53,7 +53,9 @@ def tower(config):
         "gated": str(vc.get("hidden_act", "")).lower() in GATED_ACTS,
         "patch": vc.get("patch_size") or vc.get("spatial_patch_size"),
         "temporal_patch": vc.get("temporal_patch_size") or 1,
-        "merge": vc.get("spatial_merge_size") or 1,
+        # Qwen merges 2x2 patches; Llama 4's pixel shuffle (ratio 0.5) does the same.
+        "merge": vc.get("spatial_merge_size") or int(round(1 / (vc.get("pixel_shuffle_ratio") or 1))),
+        "image_size": vc.get("image_size"),
         "channels": vc.get("in_channels") or vc.get("in_chans") or 3,
         "out_hidden": vc.get("out_hidden_size") or hidden,
         "position_embeddings": vc.get("num_position_embeddings") or 0,
@@ -76,11 +78,18 @@ def tower_parameters(t):
 
 
 def processor_pixels(t, where):
+    """(min_pixels, max_pixels, assumed): the table's range for the model_type, else one image of the
+    tower's own image_size (fixed-resolution towers: SigLIP, CLIP, Llama 4's tiles), flagged as assumed."""
     entry = load_multimodal()["processors"].get(t["model_type"])
-    if not entry:
-        raise PlanError("%s: no image processor limits for model_type %r in data/multimodal.yml: add its "
-                        "min_pixels/max_pixels (preprocessor_config.json) there" % (where, t["model_type"]))
-    return entry["min_pixels"], entry["max_pixels"]
+    if entry:
+        return entry["min_pixels"], entry["max_pixels"], False
+    if t.get("image_size"):
+        pixels = t["image_size"] ** 2
+        return pixels, pixels, True
+    raise PlanError("%s: model_type %r has no image processor limits in data/multimodal.yml and its vision_config "
+                    "no image_size: add its min_pixels/max_pixels (from the model's preprocessor_config.json) to "
+                    "data/multimodal.yml, or serve it with weights_bytes and the engine's own image limits pinned "
+                    "in engine_overrides" % (where, t["model_type"]))
 
 
 def tokens_per_image(t, max_pixels):
@@ -104,13 +113,17 @@ def vision_plan(engine, config, dtype, where):
     if not (t["depth"] and t["hidden"] and t["patch"]):
         raise PlanError("%s: vision_config lacks depth/hidden_size/patch_size: pass the model's real config.json"
                         % where)
-    min_pixels, max_pixels = processor_pixels(t, where)
+    min_pixels, max_pixels, assumed = processor_pixels(t, where)
     dtype_bytes = DTYPE_BYTES.get(dtype, 2)
     activations = activation_bytes(t, max_pixels, dtype_bytes)
     inside = load_multimodal()["engines"][engine]["activations"] == "inside_fraction"
     return {"tower": t, "min_pixels": min_pixels, "max_pixels": max_pixels, "dtype_bytes": dtype_bytes,
             "parameters": tower_parameters(t), "weights_bytes": tower_parameters(t) * dtype_bytes,
-            "activation_bytes": activations, "reserve_bytes": activations if inside else 0}
+            "activation_bytes": activations, "reserve_bytes": activations if inside else 0,
+            "warning": ("%s: model_type %r is not in data/multimodal.yml: one image is planned as one %dx%d tile "
+                        "(tiling and dynamic resolution not modelled); pin the engine's image limits in "
+                        "engine_overrides if it takes more" % (where, t["model_type"], t["image_size"],
+                                                               t["image_size"])) if assumed else None}
 
 
 def _pinned_max_pixels(engine, overrides):

@@ -134,6 +134,18 @@ def _ready(urls):
     return lambda workers: all(gateway_api.by_url(workers).get(u, {}).get("status") == gateway_api.READY for u in urls)
 
 
+def _ready_requeueing(router, urls, worker_api_key):
+    """_ready, and a wanted URL the router no longer lists at all is queued again: a registration the
+    router gave up on (the engine was still loading) must not leave the worker out for good."""
+    def done(workers):
+        listed = gateway_api.by_url(workers)
+        for url in urls:
+            if url not in listed:
+                router.add(url, worker_api_key)
+        return _ready(urls)(workers)
+    return done
+
+
 def _gone(urls):
     return lambda workers: not set(urls) & set(gateway_api.by_url(workers))
 
@@ -169,7 +181,8 @@ def converge(params, router, check_mode=False, wait=gateway_api.wait_for):
         router.add(url, params["worker_api_key"])
 
     gone, ready = [w["url"] for w in remove], ([] if state == "drained" else params["workers"])
-    met, workers, waited = wait(router, lambda ws: _gone(gone)(ws) and _ready(ready)(ws), timeout, interval)
+    ready_now = _ready_requeueing(router, ready, params["worker_api_key"])
+    met, workers, waited = wait(router, lambda ws: _gone(gone)(ws) and ready_now(ws), timeout, interval)
     result.update(workers=workers, waited_s=round(waited, 1))
     if met:
         return result, None

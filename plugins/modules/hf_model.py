@@ -110,6 +110,14 @@ options:
       - Base URL of the Hub or of a Hub-compatible mirror (what C(HF_ENDPOINT) would be).
     type: str
     default: https://huggingface.co
+  timeout:
+    description:
+      - Seconds any one call to O(endpoint) may go without an answer (connecting, the metadata, a file
+        listing, each read of a download). A server that accepts the connection and never answers fails
+        the task after this long, with a message naming the server and the timeout, instead of hanging
+        the run. Inventory variable C(model_fetch_hub_timeout).
+    type: float
+    default: 60
   token:
     description:
       - Hugging Face access token, needed for gated and private repos. Inventory variable
@@ -282,9 +290,11 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot, weight_files
 
 try:
-    from huggingface_hub import HfApi, constants as hf_constants, snapshot_download
+    from huggingface_hub import HfApi, constants as hf_constants, file_download as hf_file_download, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import disable_progress_bars, filter_repo_objects
+    from huggingface_hub.utils._http import default_client_factory, set_client_factory
+    from httpx2 import Timeout as HttpTimeout, TimeoutException
 except ImportError:
     HF_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -294,6 +304,33 @@ LIBRARY = "gpufleet.serving"
 TOKEN_HINT = "set the module option 'token' (inventory variable model_fetch_hf_token)"
 
 
+def telling_cause(err):
+    """The error that says what happened: huggingface_hub reports a failed file download as "check your
+    connection" (LocalEntryNotFoundError) with the HTTP error or the timeout as its cause."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, (HfHubHTTPError, TimeoutException)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
+def bound_every_call(seconds):
+    """The client's default has no timeout: a server that accepts and never answers would hang the run.
+    Every request of huggingface_hub (metadata, listings, each read of a download) gets `seconds`."""
+    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds
+    hf_constants.HF_HUB_ETAG_TIMEOUT = seconds
+    # A file's metadata call, when it fails, is retried (5 times, backing off 1-8 s) with this module
+    # constant of 60 s as its timeout (huggingface_hub 2.4 file_download.py): bounded by `seconds` too.
+    hf_file_download._ETAG_RETRY_TIMEOUT = seconds
+
+    def bounded_client():
+        client = default_client_factory()
+        client.timeout = HttpTimeout(seconds)
+        return client
+    set_client_factory(bounded_client)
+
+
 class HfModel:
     def __init__(self, module):
         self.module = module
@@ -301,11 +338,13 @@ class HfModel:
         self.repo_id, self.revision, self.path = p["repo_id"], p["revision"], p["path"]
         self.endpoint = p["endpoint"].rstrip("/")
         self.token = p["token"] or False  # False: never fall back to HF_TOKEN / cached logins
+        self.timeout = p["timeout"]
 
     def fail(self, msg, **extra):
         self.module.fail_json(msg=msg, repo_id=self.repo_id, revision=self.revision, path=self.path, **extra)
 
     def describe(self, err):
+        err = telling_cause(err)
         where = f"{self.repo_id}@{self.revision} on {self.endpoint}"
         if isinstance(err, GatedRepoError):  # before RepositoryNotFoundError: it is a subclass
             if self.token:
@@ -315,19 +354,22 @@ class HfModel:
             return f"{where}: revision '{self.revision}' not found (no such branch, tag or commit)"
         if isinstance(err, RepositoryNotFoundError):
             return f"{where}: repository '{self.repo_id}' not found (or private, without access for this token)"
+        if isinstance(err, TimeoutException):
+            return (f"{where}: {self.endpoint} did not answer within {self.timeout:g} s (timeout; raise "
+                    "model_fetch_hub_timeout for a slow mirror, or fix the server)")
         if isinstance(err, HfHubHTTPError) and err.response is not None:
             status = err.response.status_code
             if status == 401:
                 return f"{where}: the token was rejected (401 invalid credentials): {TOKEN_HINT} to a valid token"
             if status == 403:
                 return f"{where}: the token has no access (403 forbidden)"
-            return f"{where}: HTTP {status} from the server"
+            return f"{where}: HTTP {status} from the server for {err.response.request.url.path}"
         return f"{where}: {type(err).__name__}: {err}"
 
     def metadata(self):
         api = HfApi(endpoint=self.endpoint, token=self.token, library_name=LIBRARY)
         try:
-            info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True)
+            info = api.model_info(self.repo_id, revision=self.revision, files_metadata=True, timeout=self.timeout)
         except Exception as err:  # every client error becomes one clear message
             self.fail(self.describe(err), details=str(err))
         if not info.sha or info.siblings is None or any(s.size is None or s.blob_id is None for s in info.siblings):
@@ -365,7 +407,7 @@ class HfModel:
                 self.repo_id, revision=sha, local_dir=staging,
                 allow_patterns=[hf_snapshot.escape_pattern(f) for f in files],  # exactly the files to fetch
                 cache_dir=os.path.join(staging, ".hf-cache"),  # never read or write the host's shared HF cache
-                endpoint=self.endpoint, token=self.token, library_name=LIBRARY,
+                endpoint=self.endpoint, token=self.token, library_name=LIBRARY, etag_timeout=self.timeout,
             )
         except Exception as err:  # completed files stay staged; the next run verifies and keeps them
             self.fail(self.describe(err), details=str(err))
@@ -552,6 +594,7 @@ def main():
             allow_patterns=dict(type="list", elements="str"),
             ignore_patterns=dict(type="list", elements="str"),
             endpoint=dict(type="str", default="https://huggingface.co"),
+            timeout=dict(type="float", default=60),
             token=dict(type="str", no_log=True),
             verify=dict(type="bool", default=False),
             min_free_bytes=dict(type="int", default=0),
@@ -571,6 +614,7 @@ def main():
         # up to 3 s on air-gapped hosts; progress bars would only pollute the module's stderr.
         hf_constants.HF_HUB_DISABLE_TELEMETRY = True
         disable_progress_bars()
+        bound_every_call(module.params["timeout"])
         HfModel(module).run()
 
 

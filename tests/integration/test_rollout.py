@@ -299,3 +299,16 @@ def test_two_engines_on_one_host_replace_its_single_engine(fleet, first_run):
         "172.28.20.13:30001", "172.28.20.13:30002"]
     # a --limit run keeps the rest of the fleet's targets as the file had them
     assert [g for g in targets if g["labels"]["host"] != host] == [g for g in before_sd if g["labels"]["host"] != host]
+
+
+def test_a_removed_api_key_leaves_no_key_on_the_host(fleet, first_run):
+    """engine_api_key removed from the inventory: the engine serves without one and its secrets
+    directory is gone once the new engine is healthy; put back, the key is required again."""
+    host = "r-turing-1"
+    rc, output, recap = run(fleet, "site.yml", "--limit", host, "-e", '{"engine_api_key": null}')
+    assert rc == 0, output[-4000:]
+    assert hx(host, "test -e /etc/gpufleet/gpufleet-engine").returncode != 0, "the secrets directory is still there"
+    assert http(host, "/v1/models")[0] == 200
+    rc, output, recap = run(fleet, "site.yml", "--limit", host)
+    assert rc == 0, output[-4000:]
+    assert http(host, "/v1/models")[0] == 401 and http(host, "/v1/models", KEY)[0] == 200

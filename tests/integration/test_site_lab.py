@@ -92,6 +92,17 @@ def test_unknown_engine_fails_before_any_change(first_run):
     assert engine_started_at("l40s-1") == before
 
 
+def test_bad_rollout_pacing_fails_in_preflight_before_any_change(first_run):
+    """rollout_batch_size=abc used to end in an ansible-core traceback after the host stack ran."""
+    rc, output, recap = run_playbook("site.yml", "--limit", "turing-1", "-e", "rollout_batch_size=abc",
+                                     "-e", "rollout_canary_hosts=0")
+    assert rc != 0
+    assert "rollout_batch_size='abc' is not a whole number of hosts or a percentage" in output, output[-3000:]
+    assert "rollout_canary_hosts=0: at least 1 host" in output
+    assert "PLAY [Host stack" not in output and "Traceback" not in output
+    assert all(r["changed"] == 0 for r in recap.values())
+
+
 def test_unknown_model_repo_fails_before_any_change(first_run):
     rc, output, recap = run_playbook("site.yml", "--limit", "hopper-1", "-e",
                                      "model_fetch_repo_id=gpufleet/does-not-exist")

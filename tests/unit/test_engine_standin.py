@@ -59,8 +59,8 @@ def standin_env(**extra):
 class StandIn:
     """A stand-in server process on a free loopback port."""
 
-    def __init__(self, engine, model, args=(), cli=False, **env):
-        self.engine, self.port = engine, free_port()
+    def __init__(self, engine, model, args=(), cli=False, port=None, **env):
+        self.engine, self.port = engine, port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self.proc = subprocess.Popen(command(engine, model, args, self.port, cli), env=standin_env(**env),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -218,6 +218,26 @@ def test_a_worker_that_never_answers_fails_the_join_naming_it(gateway):
     assert failure and dead in failure and "not ready" in failure
 
 
+def test_a_registration_already_under_way_is_waited_for_not_an_error(gateway, tmp_path):
+    """smg answers 409 WORKER_CREATE_IN_PROGRESS to a second POST while its first registration still probes
+    a worker (a run cut short, an engine still loading): the sync waits for that registration instead."""
+    port = free_port()
+    url = "http://127.0.0.1:%d" % port
+    assert gateway.router.add(url, KEY) is True
+    assert gateway.router.add(url, KEY) is False  # the router's 409: the first one is still under way
+    model = make_model(tmp_path / "late")
+    config = tmp_path / "engine.json"
+    config.write_text(json.dumps({"api-key": KEY}))
+    late = StandIn("sglang", model, ["--served-model-name", SERVED, "--config", str(config)], port=port)
+    try:
+        result, failure = gateway_workers.converge(params(state="present", workers=[url], timeout=60),
+                                                   gateway.router)
+        assert failure is None, failure
+        assert [(w["url"], w["status"]) for w in result["workers"]] == [(url, "ready")]
+    finally:
+        late.__exit__()
+
+
 def test_a_dead_engine_is_taken_out_by_the_routers_health_checks(tmp_path, engines):
     """Outside any rollout: an engine that dies stops getting requests (health-check-interval 1 s here)."""
     gw = Gateway(tmp_path)

@@ -266,3 +266,21 @@ def test_max_total_tokens_caps_the_kv_pool_and_the_context():
         run_fit("Qwen3-14B", 80, token_cap=1024)
     _, warnings = run_fit("Qwen3-14B", 32, token_cap=10 ** 7)
     assert any("uses the smaller" in w for w in warnings)
+
+
+# gpt-oss-20b's config.json (openai/gpt-oss-20b): MoE experts in MXFP4. Its safetensors hold 13.8 GB.
+GPT_OSS_20B = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": 2880,
+               "intermediate_size": 2880, "num_hidden_layers": 24, "num_attention_heads": 64,
+               "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 201088, "max_position_embeddings": 131072,
+               "num_local_experts": 32, "num_experts_per_tok": 4, "torch_dtype": "bfloat16",
+               "tie_word_embeddings": False, "quantization_config": {"quant_method": "mxfp4"}}
+
+
+def test_mxfp4_and_nvfp4_checkpoints_are_sized_at_about_four_bits():
+    dims = model_dims(GPT_OSS_20B)
+    assert (dims["quant_method"], dims["quant_bits"], dims["quant_group_size"]) == ("mxfp4", 4, 32)
+    assert estimate_weights(dims) == pytest.approx(13.8e9, rel=0.1)
+    nvfp4 = dict(GPT_OSS_20B, quantization_config={"quant_method": "modelopt", "quant_algo": "NVFP4"})
+    assert model_dims(nvfp4)["quant_bits"] == 4 and model_dims(nvfp4)["quant_group_size"] == 16
+    fp8 = dict(GPT_OSS_20B, quantization_config={"quant_method": "modelopt", "quant_algo": "FP8"})
+    assert (model_dims(fp8)["quant_bits"], model_dims(fp8)["quant_float"]) == (8, True)

@@ -32,7 +32,8 @@ def test_text_plus_tower_parameters_match_the_published_size(name):
 def test_tokens_per_image_follow_patch_and_merge_sizes():
     for name in VLMS:
         t = vision_fit.tower(model(name)["config"])
-        _, max_pixels = vision_fit.processor_pixels(t, "h")
+        _, max_pixels, assumed = vision_fit.processor_pixels(t, "h")
+        assert not assumed
         # The processor's largest image: max_pixels / (patch x merge)^2 tokens after the merger.
         assert vision_fit.tokens_per_image(t, max_pixels) * (t["patch"] * t["merge"]) ** 2 == max_pixels
 
@@ -94,3 +95,23 @@ def test_text_models_get_no_multimodal_options():
     assert "vision" not in plan["decisions"]
     assert not [a for a in plan["args"] if "-mm-" in a or "multimodal" in a]
     assert plan["fit"]["reserve_bytes"] == 0 * MIB
+
+
+# A VLM the table does not know, with a fixed-resolution tower (Llama 4 Scout's vision_config, 336 px tiles,
+# pixel shuffle 0.5): planned on one tile of its image_size, with a warning, instead of refused.
+LLAMA4_SCOUT_TOWER = {"model_type": "llama4_vision_model", "hidden_size": 1408, "intermediate_size": 5632,
+                      "num_hidden_layers": 34, "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
+                      "pixel_shuffle_ratio": 0.5, "vision_output_dim": 4096}
+
+
+def test_an_unknown_vlm_with_a_fixed_resolution_tower_is_planned_on_one_tile_with_a_warning():
+    vlm = model("Qwen3-14B", weights_bytes=40 * 10 ** 9)
+    vlm["config"] = dict(vlm["config"], model_type="llama4", vision_config=LLAMA4_SCOUT_TOWER)
+    plan = build_plan(gpu_facts("h100"), "vllm", vlm)
+    assert plan["decisions"]["vision"]["tokens_per_image"] == (336 // 14 // 2) ** 2  # 24x24 patches, 2x2 shuffled
+    assert any("not in data/multimodal.yml" in w and "336x336" in w for w in plan["warnings"])
+    no_size = dict(LLAMA4_SCOUT_TOWER)
+    del no_size["image_size"]
+    vlm["config"]["vision_config"] = no_size
+    with pytest.raises(PlanError, match="no image_size: add its min_pixels/max_pixels"):
+        build_plan(gpu_facts("h100"), "vllm", vlm)
