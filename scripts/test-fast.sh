@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The fast lane for day-to-day work (a few minutes, no lab, no Docker): the plugins' unit tests, the
-# gateway's tests against the real smg router and the engine stand-in on loopback, and the playbooks'
+# gateway's tests against the real smg router and the engine stand-in on loopback, ansible-lint, the
+# plugin docs, role READMEs, changelog and Galaxy tarball checks (all in tests/unit), and the playbooks'
 # syntax. scripts/test.sh runs all of this and the lab too.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -10,7 +10,10 @@ __metaclass__ = type
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible_collections.gpufleet.serving.plugins.module_utils import engine_draft
-from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs, variable_names
+
+# A host's own names that look like the collection's but are not (variable_names): set per host or for all.
+ALLOWED_VAR = "preflight_allowed_variables"
 
 
 class ActionModule(ActionBase):
@@ -35,7 +38,7 @@ class ActionModule(ActionBase):
         # One validator per role, built once: the same specs check every host.
         validators = dict((role, (options, ArgumentSpecValidator(options))) for role, options in
                           ((r, role_inputs.role_specs(r).get("main") or {}) for r in checked))
-        digests, errors = {}, []
+        digests, errors, misspelled = {}, [], False
         for host in hosts:
             host_vars = hostvars[host]
             given = dict((n, host_vars[n]) for n in names if n in host_vars)
@@ -46,10 +49,24 @@ class ActionModule(ActionBase):
                     errors.append(role_inputs.error_message(host, role, validation.error_messages))
             if "engine" in validators:  # the draft model must be one model_fetch fetches
                 errors += engine_draft.input_errors(host, given)
+            unknown = unknown_variables(hostvars, host, host_vars)
+            if unknown:
+                errors.append(variable_names.error_message(host, unknown))
+                misspelled = True
             digests[host] = role_inputs.inputs_digest(dict((n, v) for n, v in given.items() if n in digested),
                                                       fingerprint)
         if errors:
+            if misspelled:
+                errors.append(variable_names.HINT)
             result.update(failed=True, msg=" ".join(errors))
             return result
         result.update(changed=False, digests=digests)
         return result
+
+
+def unknown_variables(hostvars, host, host_vars):
+    """A misspelled inventory name would pass silently: the role would use its default instead."""
+    allowed = host_vars.get(ALLOWED_VAR) or []
+    if not isinstance(allowed, list):  # the preflight spec reports the wrong type; check without it
+        allowed = []
+    return variable_names.unknown_names(variable_names.inventory_names(hostvars, host), allowed)

@@ -16,14 +16,22 @@ written on the same host (`host`): one carried over from elsewhere is a claim to
 """
 from __future__ import annotations
 
+import datetime
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import re
+import shutil
 import tempfile
+import time
 
 MANIFEST = ".gpufleet-snapshot.json"
-STAGING = ".gpufleet-partial"  # inside the snapshot dir: same filesystem even when the dir is a mount point
+# Inside the snapshot dir (same filesystem even when the dir is a mount point): each run stages into a
+# STAGING.<pid>.<random> of its own (STAGING itself: the one dir all runs shared before the lock).
+STAGING = ".gpufleet-partial"
+LOCK = ".gpufleet-lock"
 INCOMING = ".gpufleet-incoming"  # inside the snapshot dir: files delivered by a fleet transfer, to adopt
 MANIFEST_FORMAT = 1
 _BLOCK = 4 * 1024 * 1024
@@ -74,14 +82,34 @@ def read_manifest(snapshot_dir):
     return manifest
 
 
-def _trusted(record, expected, local_path):
-    """The manifest vouches for a file when it recorded the same blob and the size on disk still matches."""
+def file_stat(path):
+    """What changes when a file is rewritten, even at the same size: mtime (unless the writer sets it
+    back), ctime (no unprivileged writer can set it back: a chmod, chown or rename changes it too, and the
+    next run then hashes the file once more) and the inode (a file replaced by a rename)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def stat_of(snapshot_dir, names):
+    found = {}
+    for rel in names:
+        try:
+            found[rel] = file_stat(os.path.join(snapshot_dir, rel))
+        except OSError:
+            pass
+    return found
+
+
+def _trusted(record, expected, local_path, recorded_stat):
+    """The manifest vouches for a file when it recorded the same blob and the file's stat is the one
+    recorded with it. A manifest written before stats were recorded has none: the size alone, as then."""
     if not record or record.get("blob_id") != expected["blob_id"] or record.get("size") != expected["size"]:
         return False
     try:
-        return os.path.getsize(local_path) == expected["size"]
+        now = file_stat(local_path)
     except OSError:
         return False
+    return now["size"] == expected["size"] and recorded_stat in (None, now)
 
 
 def plan(snapshot_dir, expected, commit_sha, deep=False):
@@ -91,16 +119,17 @@ def plan(snapshot_dir, expected, commit_sha, deep=False):
       records:  {path: {size, sha256, blob_id}} for files already good on disk
       fetch:    sorted paths that must be downloaded
       stale:    paths the previous manifest owned that are no longer selected (to delete)
-      complete: True when nothing is to fetch, delete or (re)record
-    Without `deep`, a file the manifest already recorded (same blob, same size on disk) is trusted;
-    every other file present is hashed. With `deep`, every file is hashed.
+      complete: True when nothing is to fetch, delete or (re)record and no staging dir is left over
+    Without `deep`, a file the manifest already recorded (same blob, same stat on disk: see `_trusted`)
+    is trusted; every other file present is hashed. With `deep`, every file is hashed.
     """
     manifest = read_manifest(snapshot_dir) or {}
     recorded = manifest.get("files") or {}
+    stats = manifest.get("stat") or {}
     records, fetch = {}, []
     for path, exp in sorted(expected.items()):
         local = os.path.join(snapshot_dir, path)
-        if not deep and _trusted(recorded.get(path), exp, local):
+        if not deep and _trusted(recorded.get(path), exp, local, stats.get(path)):
             records[path] = recorded[path]
             continue
         sha256 = verify_file(local, exp)
@@ -109,7 +138,8 @@ def plan(snapshot_dir, expected, commit_sha, deep=False):
         else:
             records[path] = {"size": exp["size"], "sha256": sha256, "blob_id": exp["blob_id"]}
     stale = sorted(p for p in recorded if p not in expected and os.path.lexists(os.path.join(snapshot_dir, p)))
-    complete = not fetch and not stale and manifest.get("commit_sha") == commit_sha and recorded == records
+    complete = (not fetch and not stale and manifest.get("commit_sha") == commit_sha and recorded == records
+                and not staging_dirs(snapshot_dir))  # leftovers of a killed run are cleaned up
     return {"records": records, "fetch": fetch, "stale": stale, "complete": complete}
 
 
@@ -131,7 +161,10 @@ def build_manifest(repo_id, revision, commit_sha, records, allow_patterns=None, 
 
 def write_manifest(snapshot_dir, manifest):
     """Atomic write (temp file in the same dir, fsync, rename, fsync dir): a crash leaves the old state
-    or the new one, never a torn manifest that could read as complete."""
+    or the new one, never a torn manifest that could read as complete.
+    Records the stat of every file as it is now (`stat`: only meaningful in this dir, on this host; other
+    hosts adopting the manifest ignore it): call it once the files are verified and in place."""
+    manifest = dict(manifest, stat=stat_of(snapshot_dir, manifest["files"]))
     fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=snapshot_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -146,6 +179,18 @@ def write_manifest(snapshot_dir, manifest):
             os.unlink(tmp)
         raise
     fsync_dir(snapshot_dir)
+
+
+def record_stat(snapshot_dir):
+    """Re-records the stat of the manifest's files when it changed: after a chown, a touch, a re-hash
+    that found the bytes still right, or in a manifest written before stats were recorded. Only right
+    after the files were checked (plan), with the lock held, so that a stat recorded is a file vouched for.
+    Returns True when the manifest was rewritten."""
+    manifest = read_manifest(snapshot_dir)
+    if not manifest or manifest.get("stat") == stat_of(snapshot_dir, manifest.get("files") or {}):
+        return False
+    write_manifest(snapshot_dir, manifest)
+    return True
 
 
 def remove_manifest(snapshot_dir):
@@ -181,11 +226,105 @@ def orphaned_partials(snapshot_dir):
     process-unique `*.incomplete` file (never resumed by a later process) and only removes it when the
     process survives, so a killed run leaves them behind: {path: size}."""
     found = {}
-    for dirpath, _dirs, names in os.walk(os.path.join(snapshot_dir, STAGING)):
-        for name in names:
-            if name.endswith(".incomplete"):
-                path = os.path.join(dirpath, name)
-                found[path] = os.path.getsize(path)
+    for staging in staging_dirs(snapshot_dir):
+        for dirpath, _dirs, names in os.walk(staging):
+            for name in names:
+                if name.endswith(".incomplete"):
+                    path = os.path.join(dirpath, name)
+                    found[path] = os.path.getsize(path)
+    return found
+
+
+# -- one run at a time ------------------------------------------------------------------------------
+
+
+class LockTimeout(Exception):
+    def __init__(self, path, holder):
+        super().__init__(path)
+        self.path, self.holder = path, holder
+
+
+def lock_path(snapshot_dir):
+    """Next to the snapshot dir, not inside it: the lock must outlive the dir (the first run creates it,
+    an operator may delete or replace it while a run waits) and a file inside would be one more file in
+    every snapshot listing. A dir that is a mount point (a model volume of its own, maybe shared over NFS)
+    keeps it inside: a mount point cannot be replaced, and its parent is a filesystem other hosts do not see."""
+    snapshot_dir = os.path.abspath(snapshot_dir)
+    if os.path.ismount(snapshot_dir):
+        return os.path.join(snapshot_dir, LOCK)
+    parent, name = os.path.split(snapshot_dir)
+    return os.path.join(parent, "." + name + LOCK)
+
+
+def lock(snapshot_dir, timeout, poll=0.2):
+    """Takes the exclusive lock of a snapshot dir, waiting up to `timeout` seconds (polling), and writes
+    the holder (pid, host, start time) into the lock file for the message of the next run that waits.
+    Returns the open lock file descriptor: the lock lasts while it is open, and the kernel releases it when
+    the process ends however it ends, so a killed run never leaves a stale lock (over NFS, Linux emulates
+    flock with NFS byte-range locks, seen by every host: a dead host's lock ends with its lease).
+    Raises LockTimeout (with the holder, a dict or None) or OSError (lock file not creatable)."""
+    path = lock_path(snapshot_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(timeout, 0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                holder = read_holder(fd)
+                os.close(fd)
+                raise LockTimeout(path, holder) from None
+            time.sleep(min(poll, left))
+    since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": since}).encode(), 0)
+    return fd
+
+
+def read_holder(fd):
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def staging_dirs(snapshot_dir):
+    """Staging dirs in the snapshot dir (this run's and those of runs that died: with the lock held, no
+    other live run has one)."""
+    try:
+        names = os.listdir(snapshot_dir)
+    except OSError:
+        return []
+    return sorted(os.path.join(snapshot_dir, n) for n in names
+                  if (n == STAGING or n.startswith(STAGING + ".")) and os.path.isdir(os.path.join(snapshot_dir, n)))
+
+
+def new_staging(snapshot_dir):
+    """A staging dir of this run's own: no other run writes, moves or deletes in it."""
+    return tempfile.mkdtemp(prefix="%s.%d." % (STAGING, os.getpid()), dir=snapshot_dir)
+
+
+def remove_stagings(snapshot_dir, keep=None):
+    for staging in staging_dirs(snapshot_dir):
+        if staging != keep:
+            shutil.rmtree(staging)
+
+
+def resumable(snapshot_dir, expected, names):
+    """Files of `names` that a run which died had completed in its staging dir, matching `expected`:
+    {path: (staged file, sha256)}. They are taken instead of being downloaded again (the client itself
+    only resumes within its own staging dir, and each run now has a new one)."""
+    found = {}
+    for staging in staging_dirs(snapshot_dir):
+        for rel in names:
+            if rel not in found:
+                sha256 = verify_file(os.path.join(staging, rel), expected[rel])
+                if sha256:
+                    found[rel] = (os.path.join(staging, rel), sha256)
     return found
 
 
@@ -238,8 +377,9 @@ def verify_record(path, record):
     return digest.hexdigest() == record["sha256"]
 
 
-def adoption_plan(snapshot_dir, manifest, host, deep=False):
-    """What `snapshot_dir` (and its INCOMING dir) holds of the snapshot `manifest` describes.
+def adoption_plan(snapshot_dir, manifest, host, deep=False, delivered_dir=None):
+    """What `snapshot_dir` (and its INCOMING dir, or `delivered_dir`: the files a run claimed from it, see
+    `claim_incoming`) holds of the snapshot `manifest` describes.
 
     Returns a dict:
       take:     sorted paths delivered into INCOMING that match their record (to move into place)
@@ -255,7 +395,7 @@ def adoption_plan(snapshot_dir, manifest, host, deep=False):
     current = read_manifest(snapshot_dir) or {}
     own = current.get("host") == host
     recorded = (current.get("files") or {}) if own else {}
-    incoming = os.path.join(snapshot_dir, INCOMING)
+    incoming = delivered_dir or os.path.join(snapshot_dir, INCOMING)
     take, rejected, missing, wrong = [], [], [], []
     for rel, record in sorted(records.items()):
         delivered = os.path.join(incoming, rel)
@@ -277,10 +417,25 @@ def adoption_plan(snapshot_dir, manifest, host, deep=False):
     owned = current.get("files") or {}
     stale = sorted(p for p in owned if p not in records and os.path.lexists(os.path.join(snapshot_dir, p)))
     complete = (own and not take and not missing and not stale and recorded == records
-                and not os.path.lexists(incoming)  # leftovers of an interrupted transfer are cleaned up
+                and not os.path.lexists(os.path.join(snapshot_dir, INCOMING))  # leftovers of an interrupted
+                and not staging_dirs(snapshot_dir)                              # transfer or run are cleaned up
                 and (current.get("repo_id"), current.get("commit_sha")) == (manifest["repo_id"], manifest["commit_sha"]))
     return {"take": take, "rejected": rejected, "missing": missing, "wrong": wrong, "stale": stale,
             "complete": complete}
+
+
+def claim_incoming(snapshot_dir, names):
+    """Moves the files of `names` delivered into INCOMING into a staging dir of this run's own, and
+    returns it (None when none was delivered). INCOMING is written by transfers that hold no lock (another
+    playbook run's rsync may be delivering another commit's file there right now): a file is verified
+    and moved into place from where no one else can replace it between the check and the move."""
+    incoming, claimed = os.path.join(snapshot_dir, INCOMING), None
+    for rel in names:
+        if os.path.lexists(os.path.join(incoming, rel)):
+            claimed = claimed or new_staging(snapshot_dir)
+            os.makedirs(os.path.dirname(os.path.join(claimed, rel)), exist_ok=True)
+            os.replace(os.path.join(incoming, rel), os.path.join(claimed, rel))
+    return claimed
 
 
 def _size_is(path, size):

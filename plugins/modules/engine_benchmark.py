@@ -102,7 +102,9 @@ levels:
     ttft_ms_p99: {description: 99th percentile of the time to first token., type: float}
     latency_ms_p50: {description: Median request latency., type: float}
     latency_ms_p90: {description: 90th percentile of the request latency., type: float}
-    first_error: {description: The first error of the level (API keys masked), or null., type: str}
+    first_error:
+      description: The first error of the level (API keys masked), or null.
+      type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -20,6 +20,14 @@ description:
     when it starts - but for the whole fleet in one task, before any role starts on any host.
   - Any invalid value on any host fails the task with one message per host and role naming the host, the
     variable, what is allowed and where to fix it.
+  - So does a misspelled name, with one message per host - a variable from the inventory (host and group vars,
+    vars files beside it) or the extra vars whose name starts like the collection's (a role's name such as
+    C(engine_) or C(model_fetch_), or C(rollout_), C(benchmark_), C(gpufleet_)) but that no argument spec of any
+    of the collection's roles declares. The message names the host, the variable and the closest declared
+    name, for example C(engine_overides) and C(engine_overrides).
+  - Facts (the fact cache's too), set_fact and register results are the run's own and are not looked at; a
+    variable of the user's own with such a name is allowed by listing it in the host's
+    C(preflight_allowed_variables).
   - Returns RV(digests) - per host, a sha256 over the values of every variable any entry point of O(roles) declares
     and over the collection's own files (roles, plugins, data, playbooks, site.yml). A host whose digest is the one
     of its last successful run has the same inputs (see M(gpufleet.serving.converge_stamp)).

@@ -106,7 +106,9 @@ workers:
   contains:
     id: {description: The router's worker id., type: str}
     url: {description: Base URL of the worker., type: str}
-    status: {description: "C(pending), C(ready), C(draining), C(not_ready) or C(failed).", type: str}
+    status:
+      description: "C(pending), C(ready), C(draining), C(not_ready) or C(failed)."
+      type: str
     healthy: {description: Whether the router's last health check passed., type: bool}
     model: {description: Model the router found the worker serving., type: str}
 added:

@@ -19,10 +19,20 @@ description:
     directory without it, or whose files no longer match it, is never treated as complete.
   - When O(path) is already complete for the resolved commit, the module sends exactly one metadata request
     and downloads nothing.
-  - Files are downloaded with the C(huggingface_hub) client into C(.gpufleet-partial/) inside O(path),
-    verified, then moved into place. An interrupted download leaves no manifest; the next run keeps the
-    files that were complete, deletes the partial ones (the client cannot resume them across processes)
-    and completes.
+  - Files are downloaded with the C(huggingface_hub) client into a staging dir of the run's own inside
+    O(path) (C(.gpufleet-partial.<pid>.<random>/)), verified, then moved into place. An interrupted
+    download leaves no manifest; the next run takes the files the dead run had completed (verified again),
+    deletes the partial ones (the client cannot resume them across processes) and completes.
+  - One run at a time per O(path). A run that writes holds an exclusive lock (C(flock)) on
+    C(.<name>.gpufleet-lock) next to O(path) (inside O(path) when it is a mount point) from reading
+    O(path) to writing its manifest, for O(state=present) and O(state=adopted). Another run waits up to
+    O(lock_timeout) seconds, then fails naming the run that holds it (pid, host, start time). This covers
+    two playbook runs at once, the fleet's controller cache, and hosts sharing an NFS model store (Linux
+    locks over NFS). The kernel releases the lock when its process ends, however it ends.
+  - Without O(verify), a recorded file is trusted while its size, mtime, ctime and inode are those the
+    manifest recorded; a file whose stat changed is hashed again (and fetched again when wrong), so a
+    same-size rewrite is caught without hashing every file. A manifest written before stats were recorded
+    is trusted by size, and gets them recorded.
   - Files of the previous snapshot that are no longer selected are removed. Files the module never
     recorded are left alone.
   - The module only ever contacts O(endpoint) (client telemetry is switched off).
@@ -41,6 +51,8 @@ attributes:
     support: full
     details:
       - Sends the one metadata request and reports the files and bytes that would be downloaded.
+      - Takes no lock and writes nothing, not even the lock file. While another run is writing O(path), the
+        report may be out of date; the real run plans again under the lock.
       - With O(state=adopted), reports in RV(missing_files) what O(path) lacks of the snapshot, without
         failing on it (what a transfer has to deliver).
   diff_mode:
@@ -130,10 +142,18 @@ options:
     description:
       - Re-hash every file even when the manifest says the snapshot is complete. Corrupted files are
         fetched again.
-      - Without it, files recorded in the manifest are trusted when their size is unchanged.
+      - Without it, files recorded in the manifest are trusted when their stat (size, mtime, ctime, inode)
+        is unchanged; with O(state=adopted), when their size is.
       - With O(state=adopted), files of O(path) are re-hashed (delivered files always are).
     type: bool
     default: false
+  lock_timeout:
+    description:
+      - Seconds to wait for another run that holds the lock of O(path) (see the description), polling; then
+        the task fails naming that run (pid, host, start time). V(0) fails at once.
+      - Inventory variable C(model_fetch_lock_timeout).
+    type: float
+    default: 600
   min_free_bytes:
     description:
       - Bytes that must remain free on the filesystem of O(path) after the download. The module fails
@@ -158,7 +178,9 @@ requirements:
 
 notes:
   - Sizes and hashes come from O(endpoint). A mirror that lies about both cannot be detected.
-  - One run per O(path) at a time; concurrent runs on the same directory are not coordinated.
+  - Concurrent runs on one O(path) are serialised by a lock (see the description). A fleet transfer into
+    C(.gpufleet-incoming/) holds no lock. O(state=adopted) therefore moves the delivered files into a dir of its
+    own before checking them, and a file another run delivers meanwhile is never recorded unchecked.
 
 author:
   - gpufleet maintainers
@@ -241,17 +263,27 @@ gated:
   sample: false
 downloaded_files:
   description:
-    - Files this run had to fetch (in check mode, the files that would be). Files an interrupted run had
-      completed in its staging dir are re-verified and taken from there instead of the network.
+    - Files this run downloaded from O(endpoint) (in check mode, the files that would be). Files taken
+      from an interrupted run's staging dir are in RV(resumed_files), not here.
   returned: when O(state=present)
   type: list
   elements: str
   sample: [model.safetensors]
 downloaded_bytes:
-  description: Bytes downloaded by this run (in check mode, the bytes that would be).
+  description:
+    - Bytes this run downloaded from O(endpoint), the size of RV(downloaded_files) (in check mode, the
+      bytes that would be). Resumed files are not counted.
   returned: when O(state=present)
   type: int
   sample: 3454840
+resumed_files:
+  description:
+    - Files an interrupted run had completed in its staging dir, verified again and taken from there
+      instead of being downloaded (in check mode, the files that would be).
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: [config.json, tokenizer.json]
 received_files:
   description: Delivered files (in C(.gpufleet-incoming/)) that this run verified and moved into place.
   returned: when O(state=adopted)
@@ -275,6 +307,8 @@ manifest:
   description:
     - The snapshot manifest recorded in O(path) (C(.gpufleet-snapshot.json)), with repo_id, commit_sha, and
       size, sha256 and git blob id per file. Pass it as O(manifest) to adopt the same snapshot elsewhere.
+    - Its C(stat) (size, mtime_ns, ctime_ns, ino per file) describes the files of O(path) on this host
+      only; hosts adopting the manifest ignore it.
     - V(null) in check mode before the snapshot was ever fetched.
   returned: when O(state=present) or O(state=adopted)
   type: dict
@@ -413,22 +447,24 @@ class HfModel:
             self.fail(self.describe(err), details=str(err))
 
     def prepare(self):
-        staging = os.path.join(self.path, hf_snapshot.STAGING)
         try:
-            os.makedirs(staging, exist_ok=True)
+            os.makedirs(self.path, exist_ok=True)
+            return hf_snapshot.new_staging(self.path)
         except OSError as err:
             self.fail(f"path {self.path} is not writable: {err}")
-        for partial in hf_snapshot.orphaned_partials(self.path):
-            os.unlink(partial)
-        return staging
 
-    def apply(self, sha, expected, state):
+    def apply(self, sha, expected, state, resumed, download):
         staging = self.prepare()
         hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
-        if state["fetch"]:
-            self.download(sha, staging, state["fetch"])
         records = dict(state["records"])
-        for rel in state["fetch"]:
+        for rel, (staged, sha256) in resumed.items():  # verified in a dead run's staging dir (we hold the lock)
+            os.makedirs(os.path.dirname(os.path.join(staging, rel)), exist_ok=True)
+            os.replace(staged, os.path.join(staging, rel))
+            records[rel] = {"size": expected[rel]["size"], "sha256": sha256, "blob_id": expected[rel]["blob_id"]}
+        hf_snapshot.remove_stagings(self.path, keep=staging)  # dead runs' partials: their space counts as free
+        if download:
+            self.download(sha, staging, download)
+        for rel in download:
             staged = os.path.join(staging, rel)
             sha256 = hf_snapshot.verify_file(staged, expected[rel])
             if sha256 is None:
@@ -451,25 +487,34 @@ class HfModel:
         if self.module.params["state"] == "resolved":
             self.module.exit_json(changed=False, commit_sha=sha, revision=self.revision, gated=bool(info.gated),
                                   bytes=sum(e["size"] for e in expected.values()), files=len(expected))
+        # Everything from reading the dir to writing its manifest is one locked step (check mode writes
+        # nothing, not even the lock file, and takes no lock: its report may be out of date when another
+        # run is writing, and the real run plans again under the lock).
+        if not self.module.check_mode:
+            lock_or_fail(self.module, self.path, self.fail)
         state = hf_snapshot.plan(self.path, expected, sha, deep=self.module.params["verify"])
-        fetch_bytes = sum(expected[rel]["size"] for rel in state["fetch"])
-        if state["fetch"] and info.gated and not self.token:
-            self.fail(f"{self.repo_id} is a gated repo and {len(state['fetch'])} file(s) must be downloaded: "
+        resumed = hf_snapshot.resumable(self.path, expected, state["fetch"])
+        download = [rel for rel in state["fetch"] if rel not in resumed]
+        download_bytes = sum(expected[rel]["size"] for rel in download)
+        if download and info.gated and not self.token:
+            self.fail(f"{self.repo_id} is a gated repo and {len(download)} file(s) must be downloaded: "
                       f"{TOKEN_HINT}")
-        if fetch_bytes:
-            self.check_disk(fetch_bytes)
+        if download_bytes:
+            self.check_disk(download_bytes)
         changed = not state["complete"]
         if changed and not self.module.check_mode:
             try:
-                self.apply(sha, expected, state)
+                self.apply(sha, expected, state, resumed, download)
             except OSError as err:
                 self.fail(f"writing the snapshot into {self.path} failed: {err}")
         changed = set_attributes(self.module, self.path, expected, changed)
+        if not self.module.check_mode:
+            hf_snapshot.record_stat(self.path)  # after a chown of set_attributes too: no re-hash next run
         self.module.exit_json(
             changed=changed, path=self.path, commit_sha=sha, revision=self.revision,
             bytes=sum(e["size"] for e in expected.values()), files=len(expected),
             weights_bytes=loaded_weights_bytes(self.path, expected),
-            downloaded_files=state["fetch"], downloaded_bytes=fetch_bytes,
+            downloaded_files=download, downloaded_bytes=download_bytes, resumed_files=sorted(resumed),
             manifest=hf_snapshot.read_manifest(self.path),
         )
 
@@ -510,11 +555,15 @@ class Adoption:
                           f"from the manifest, so the patterns must be the same")
         return manifest
 
-    def refuse(self, manifest, state):
+    def refuse(self, manifest, state, delivered):
         """Leaves nothing that could pass for the snapshot, then fails naming the files."""
         incoming = os.path.join(self.path, hf_snapshot.INCOMING)
         for rel in state["rejected"]:
-            os.unlink(os.path.join(incoming, rel))  # sent again by the next transfer
+            os.unlink(os.path.join(delivered, rel))  # sent again by the next transfer
+        if delivered != incoming:  # claimed by this run: the good files wait for the next run, as delivered
+            for rel in state["take"]:
+                os.renames(os.path.join(delivered, rel), os.path.join(incoming, rel))
+            shutil.rmtree(delivered, ignore_errors=True)
         if state["wrong"]:
             hf_snapshot.remove_manifest(self.path)
         where = f"{self.path} ({self.repo_id}@{manifest['commit_sha']})"
@@ -528,25 +577,34 @@ class Adoption:
                   f"sha256): {state['missing']}" + "".join("; " + d for d in details),
                   missing_files=state["missing"])
 
-    def apply(self, manifest, state):
-        incoming = os.path.join(self.path, hf_snapshot.INCOMING)
+    def apply(self, manifest, state, delivered):
         hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
-        hf_snapshot.move_into_place(self.path, incoming, state["take"], state["stale"])
-        shutil.rmtree(incoming, ignore_errors=True)
+        hf_snapshot.move_into_place(self.path, delivered, state["take"], state["stale"])
+        shutil.rmtree(os.path.join(self.path, hf_snapshot.INCOMING), ignore_errors=True)
+        hf_snapshot.remove_stagings(self.path)  # ours, and any a killed run left (we hold the lock)
         hf_snapshot.write_manifest(self.path, hf_snapshot.build_manifest(
             self.repo_id, manifest.get("revision"), manifest["commit_sha"], manifest["files"],
             manifest.get("allow_patterns"), manifest.get("ignore_patterns"), host=platform.node()))
 
     def run(self):
+        delivered = os.path.join(self.path, hf_snapshot.INCOMING)
+        if not self.module.check_mode:  # see HfModel.run
+            lock_or_fail(self.module, self.path, self.fail)
         manifest = self.manifest()
         records = manifest["files"]
-        state = hf_snapshot.adoption_plan(self.path, manifest, platform.node(), deep=self.module.params["verify"])
+        if not self.module.check_mode:
+            try:
+                delivered = hf_snapshot.claim_incoming(self.path, records) or delivered
+            except OSError as err:
+                self.fail(f"adopting the snapshot in {self.path} failed: {err}")
+        state = hf_snapshot.adoption_plan(self.path, manifest, platform.node(), deep=self.module.params["verify"],
+                                          delivered_dir=delivered)
         changed = not state["complete"]
         if changed and not self.module.check_mode:
             try:
                 if state["missing"]:
-                    self.refuse(manifest, state)
-                self.apply(manifest, state)
+                    self.refuse(manifest, state, delivered)
+                self.apply(manifest, state, delivered)
             except OSError as err:
                 self.fail(f"adopting the snapshot in {self.path} failed: {err}")
         changed = set_attributes(self.module, self.path, records, changed)
@@ -558,6 +616,22 @@ class Adoption:
             missing_files=state["missing"],
             manifest=manifest if self.module.check_mode else hf_snapshot.read_manifest(self.path),
         )
+
+
+def lock_or_fail(module, path, fail):
+    """Holds the lock of `path` until the module exits (see hf_snapshot.lock), or fails saying who has it."""
+    timeout = module.params["lock_timeout"]
+    try:
+        return hf_snapshot.lock(path, timeout)
+    except hf_snapshot.LockTimeout as err:
+        holder = err.holder or {}
+        who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+               else "holder unknown")
+        fail(f"{path} is in use by another run ({who}, lock file {err.path}); gave up after waiting "
+             f"{timeout:g} s: let that run finish, or raise the module option lock_timeout (role variable "
+             "model_fetch_lock_timeout)", lock_holder=err.holder)
+    except OSError as err:
+        fail(f"path {path} is not writable: cannot create its lock file {hf_snapshot.lock_path(path)}: {err}")
 
 
 def loaded_weights_bytes(snapshot_dir, files):
@@ -598,6 +672,7 @@ def main():
             token=dict(type="str", no_log=True),
             verify=dict(type="bool", default=False),
             min_free_bytes=dict(type="int", default=0),
+            lock_timeout=dict(type="float", default=600),
             owner=dict(type="str"),
             group=dict(type="str"),
             mode=dict(type="raw"),

@@ -93,7 +93,9 @@ def pdd(fleet, tmp_path_factory):
     # relative to the working directory, which is the project (this checkout) under runner.
     write_private(str(env / "extravars"), json.dumps({
         "engine_api_key": KEY,
-        "model_fetch_extra_models": [{"repo_id": GATED, "name": "gated"}],
+        # Extra vars replace the lab's list: keep its draft (the L40S group's engine_draft_model names it).
+        "model_fetch_extra_models": [{"repo_id": GATED, "name": "gated"},
+                                     {"repo_id": "gpufleet/tiny-qwen2-draft", "name": "draft"}],
         "rollout_prometheus_file_sd": str(root / "file_sd.json"),
     }))
     write_private(str(env / "settings"), json.dumps({"suppress_ansible_output": True, "job_timeout": 900}))

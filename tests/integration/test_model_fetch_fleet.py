@@ -13,6 +13,8 @@ import pytest
 import yaml
 from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
 
+from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot
+
 pytestmark = pytest.mark.lab
 
 FLEET_FILE = os.path.join(REPO_ROOT, "tests", "integration", "fleets", "fetch1.yml")
@@ -189,8 +191,10 @@ def test_the_draft_model_arrives_through_the_same_path(fleet, first_run):
         assert manifest["repo_id"] == DRAFT and manifest["host"] == host
         assert fleet.sha256s(host, DRAFT_DIR) == {n: r["sha256"] for n, r in manifest["files"].items()}
         (draft,) = fleet.fact(host)["extra_models"]
+        # weights_bytes: what the engine loads (its one safetensors file), what the planner sizes the draft by
         assert draft == {"name": "draft", "repo_id": DRAFT, "dir": DRAFT_DIR,
-                         "commit_sha": manifest["commit_sha"], "bytes": manifest["bytes"]}
+                         "commit_sha": manifest["commit_sha"], "bytes": manifest["bytes"],
+                         "weights_bytes": manifest["files"]["model.safetensors"]["size"]}
 
 
 def test_second_run_changes_nothing_and_downloads_nothing(fleet, first_run):
@@ -233,6 +237,8 @@ def test_a_wrong_delivery_is_never_recorded(fleet, first_run):
     with open(seed_weights, "r+b") as f:
         f.seek(1000)
         f.write(bytes([f.read(1)[0] ^ 0xFF]))
+    # Bit rot that the file's stat does not show (the seed would notice a changed stat and repair itself).
+    hf_snapshot.record_stat(os.path.dirname(seed_weights))
     fleet.reset([a])
     rc, output, recap = fleet.run("--limit", a)
     assert rc != 0 and recap[a]["failed"] == 1

@@ -1,7 +1,9 @@
 """The controller-side action plugins, through real ansible-playbook runs on local hosts: fleet_inputs (every
 host's inventory against every role's argument spec, and the digest of those values) and controller_file."""
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import sys
 import pytest
 import yaml
 
-from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs
+from ansible_collections.gpufleet.serving.plugins.modules import converge_stamp
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import role_inputs, variable_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
@@ -31,14 +34,14 @@ INPUTS_PLAY = """
 """
 
 
-def play(tmp, playbook, host_vars, *args):
+def play(tmp, playbook, host_vars, *args, cfg=""):
     """ansible-playbook on local hosts a and b with the given vars per host; returns (rc, output)."""
     inventory = {"all": {"children": {"fleet": {"hosts": {
         h: dict(v, ansible_connection="local", ansible_python_interpreter=sys.executable)
         for h, v in host_vars.items()}}}}}
     (tmp / "inventory.json").write_text(json.dumps(inventory))
     (tmp / "play.yml").write_text(playbook)
-    (tmp / "ansible.cfg").write_text("")
+    (tmp / "ansible.cfg").write_text(cfg)
     env = dict(os.environ, ANSIBLE_CONFIG=str(tmp / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, "collections"),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_FORCE_COLOR="0")
     done = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(tmp / "inventory.json"), str(tmp / "play.yml"), *args],
@@ -139,3 +142,144 @@ def test_preflight_per_host_tasks_template_no_filter():
     for task in per_host:
         values = json.dumps({k: v for k, v in task.items() if k != "name"})
         assert "|" not in values, "%s: %s" % (task["name"], values)
+
+
+# Misspelled names (plugin_utils/variable_names.py): a name that starts like the collection's but that no role
+# declares would be ignored by Ansible, and the role would run on its default.
+
+def test_prefixes_come_from_the_roles_and_their_specs():
+    found = variable_names.prefixes()
+    for prefix in ("engine_", "model_fetch_", "rollout_", "gateway_", "nvidia_driver_", "container_toolkit_",
+                   "preflight_", "dcgm_exporter_", "benchmark_", "gpufleet_"):
+        assert prefix in found
+    assert "model_" not in found and "nvidia_" not in found  # model_name stays the user's own
+
+
+def test_unknown_names_and_the_closest_declared_one():
+    names = ["engine_overides", "model_fetch_revison", "engine_overrides", "model_name", "ansible_host",
+             "engine_plan", "gpufleet_gpu", "my_engine_thing", "engine_mine"]
+    assert variable_names.unknown_names(names, allowed=["engine_mine"]) == ["engine_overides", "model_fetch_revison"]
+    assert variable_names.error_message("hopper-1", ["engine_overides"]) == (
+        "hopper-1: engine_overides is not a variable of gpufleet.serving (did you mean engine_overrides?).")
+    assert "no declared name is close" in variable_names.error_message("h", ["engine_qqqqqqqqqqqqqqqqqqqqq"])
+
+
+def test_misspelled_inventory_variable_stops_preflight_naming_host_and_fix(tmp_path):
+    rc, output = play(tmp_path, INPUTS_PLAY, {"a": dict(MODEL), "b": dict(MODEL, engine_overides={"--x": 1})})
+    assert rc != 0
+    assert "b: engine_overides is not a variable of gpufleet.serving (did you mean engine_overrides?)" in output
+    assert "a: " not in output and "preflight_allowed_variables" in output and "Nothing was changed" in output
+
+
+def test_misspelled_names_from_host_vars_files_and_extra_vars_are_found_on_every_host(tmp_path):
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "a.yml").write_text("rollout_batchsize: 2\n")
+    rc, output = play(tmp_path, INPUTS_PLAY, {"a": dict(MODEL), "b": dict(MODEL)}, "-e", "model_fetch_revison=v1")
+    assert rc != 0
+    assert ("a: model_fetch_revison is not a variable of gpufleet.serving (did you mean model_fetch_revision?); "
+            "rollout_batchsize is not a variable of gpufleet.serving (did you mean rollout_batch_size?).") in output
+    assert "b: model_fetch_revison is not a variable" in output and "b: rollout_batchsize" not in output
+
+
+def test_own_variables_can_be_allowed(tmp_path):
+    rc, output = play(tmp_path, INPUTS_PLAY, {
+        "a": dict(MODEL, engine_site_overrides={}, preflight_allowed_variables=["engine_site_overrides"]),
+        "b": dict(MODEL, model_name="x", unrelated_var=1)})  # no collection prefix: not looked at
+    assert rc == 0, output
+
+
+# Facts, set_fact, register and include_vars results are the run's own, never inventory: the names below are
+# in no allowlist, so only where they come from keeps them out. The cacheable fact comes from the fact cache of
+# an earlier run, as converge_stamp's facts (engine_plan, ...) do on every run.
+CACHE_CFG = "[defaults]\nfact_caching = jsonfile\nfact_caching_connection = ./facts\n"
+SET_CACHED_PLAY = """
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - ansible.builtin.set_fact: {engine_cached_scratch: 1, cacheable: true}
+"""
+FACTS_THEN_INPUTS_PLAY = """
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - ansible.builtin.set_fact: {rollout_scratch_fact: 1}
+    - ansible.builtin.debug: {msg: registered}
+      register: model_fetch_scratch_result
+    - ansible.builtin.include_vars: {file: "{{ playbook_dir }}/more.yml"}
+- hosts: fleet
+  gather_facts: false
+  tasks:
+    - gpufleet.serving.fleet_inputs:
+        roles: [engine, model_fetch]
+        validate_only: [preflight]
+      run_once: true
+"""
+
+
+def test_facts_and_results_of_the_run_are_not_taken_for_misspellings(tmp_path):
+    (tmp_path / "more.yml").write_text("gateway_scratch_included: 1\n")
+    hosts = {"a": dict(MODEL), "b": dict(MODEL)}
+    rc, output = play(tmp_path, SET_CACHED_PLAY, hosts, cfg=CACHE_CFG)
+    assert rc == 0, output
+    rc, output = play(tmp_path, FACTS_THEN_INPUTS_PLAY, hosts, cfg=CACHE_CFG)
+    assert rc == 0, output
+    # the same run with one misspelled inventory name: only that one is named
+    rc, output = play(tmp_path, FACTS_THEN_INPUTS_PLAY, dict(hosts, a=dict(MODEL, engine_imag="x")), cfg=CACHE_CFG)
+    assert rc != 0 and "a: engine_imag is not a variable of gpufleet.serving (did you mean engine_image?)." in output
+    assert "scratch" not in output.split("fleet_inputs")[-1]
+
+
+def _set_and_registered_names(node, found):
+    if isinstance(node, list):
+        for item in node:
+            _set_and_registered_names(item, found)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("ansible.builtin.set_fact", "set_fact") and isinstance(value, dict):
+                found.update(n for n in value if n != "cacheable")
+            elif key == "register" and isinstance(value, str):
+                found.add(value)
+            elif key in ("block", "rescue", "always", "tasks", "pre_tasks", "post_tasks", "handlers"):
+                _set_and_registered_names(value, found)
+
+
+def test_every_name_the_collection_sets_is_declared_or_allowlisted():
+    """RUNTIME_NAMES must not rot: a new set_fact/register/fact name with a collection prefix goes there."""
+    found = set()
+    paths = [os.path.join(REPO, "site.yml")] + [
+        os.path.join(d, f) for top in ("roles", "playbooks") for d, _, files in os.walk(os.path.join(REPO, top))
+        for f in files if f.endswith(".yml") and (top == "playbooks" or os.path.basename(d) == "tasks")]
+    for path in paths:
+        with open(path) as handle:
+            _set_and_registered_names(yaml.safe_load(handle), found)
+    for path in glob.glob(os.path.join(REPO, "plugins", "modules", "*.py")):
+        with open(path) as handle:
+            found.update(re.findall(r"ansible_facts=\{\"(\w+)\"", handle.read()))
+    found.update(converge_stamp.KEPT_FACTS + ("gpufleet_converge",))  # the facts the stamp check hands back
+    assert "engine_plan" in found and "gpufleet_gpu" in found
+    assert variable_names.unknown_names(found) == []
+
+
+@pytest.mark.parametrize("inventory", ["lab", "prod"])
+def test_shipped_inventories_have_no_misspelled_names(inventory):
+    names = set()
+    for path in glob.glob(os.path.join(REPO, "inventories", inventory, "group_vars", "*.yml")):
+        with open(path) as handle:
+            names.update(yaml.safe_load(handle) or {})
+    assert names and variable_names.unknown_names(names) == []
+
+
+def test_site_yml_stops_in_preflight_on_a_misspelled_variable(tmp_path):
+    """The real site.yml on a local host: the misspelling ends the run at its first preflight task."""
+    inventory = {"all": {"children": {"gpu_hosts": {"hosts": {"gpu-1": dict(
+        MODEL, ansible_connection="local", ansible_python_interpreter=sys.executable, engine_overides={"--x": 1})}}}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "ansible.cfg").write_text("")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, "collections"),
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_RETRY_FILES_ENABLED="false")
+    done = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(tmp_path / "inventory.json"), os.path.join(REPO, "site.yml")],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "gpu-1: engine_overides is not a variable of gpufleet.serving (did you mean engine_overrides?)." in output
+    assert "PLAY [Run lock" not in output and "PLAY [Host stack" not in output, output[-3000:]
