@@ -27,6 +27,8 @@ import shutil
 import tempfile
 import time
 
+from ansible_collections.gpufleet.serving.plugins.module_utils import atomic_file
+
 MANIFEST = ".gpufleet-snapshot.json"
 # Inside the snapshot dir (same filesystem even when the dir is a mount point): each run stages into a
 # STAGING.<pid>.<random> of its own (STAGING itself: the one dir all runs shared before the lock).
@@ -165,20 +167,7 @@ def write_manifest(snapshot_dir, manifest):
     Records the stat of every file as it is now (`stat`: only meaningful in this dir, on this host; other
     hosts adopting the manifest ignore it): call it once the files are verified and in place."""
     manifest = dict(manifest, stat=stat_of(snapshot_dir, manifest["files"]))
-    fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=snapshot_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(snapshot_dir, MANIFEST))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(snapshot_dir)
+    atomic_file.write_json(os.path.join(snapshot_dir, MANIFEST), manifest, mode=0o644, indent=2)
 
 
 def record_stat(snapshot_dir):
@@ -199,7 +188,7 @@ def remove_manifest(snapshot_dir):
         os.unlink(os.path.join(snapshot_dir, MANIFEST))
     except FileNotFoundError:
         return
-    fsync_dir(snapshot_dir)
+    atomic_file.fsync_dir(snapshot_dir)
 
 
 def move_into_place(snapshot_dir, source_dir, names, stale):
@@ -211,14 +200,6 @@ def move_into_place(snapshot_dir, source_dir, names, stale):
         os.replace(os.path.join(source_dir, rel), final)
     for rel in stale:
         os.unlink(os.path.join(snapshot_dir, rel))
-
-
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def orphaned_partials(snapshot_dir):

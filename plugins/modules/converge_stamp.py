@@ -146,10 +146,10 @@ ansible_facts:
 
 import json
 import os
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.serving.plugins.module_utils import atomic_file
 from ansible_collections.gpufleet.serving.plugins.module_utils import converge_stamp as stamps
 from ansible_collections.gpufleet.serving.plugins.module_utils.docker_socket import container_fingerprints
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_http import probe_health
@@ -179,16 +179,7 @@ def write_stamp(path, stamp):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".converged.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(stamp, handle, sort_keys=True)
-        os.rename(tmp, path)
-    except Exception:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_file.write_json(path, stamp, mode=0o600)
 
 
 def health_probe(timeout):

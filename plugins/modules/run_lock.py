@@ -126,10 +126,10 @@ lock_file:
 import fcntl
 import json
 import os
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.serving.plugins.module_utils import atomic_file
 from ansible_collections.gpufleet.serving.plugins.module_utils import run_lock
 
 
@@ -152,18 +152,7 @@ def read(path):
 
 
 def write(path, lock):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".run.lock.")
-    try:
-        os.fchmod(fd, 0o644)  # nothing secret; the directory is root's
-        with os.fdopen(fd, "w") as handle:
-            json.dump(lock, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except Exception:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_file.write_json(path, lock, mode=0o644)  # nothing secret; the directory is root's
 
 
 def guarded(module, path, work):
