@@ -31,7 +31,13 @@ PROFILE_GROUPS = {"rtx4000": "turing", "rtx5090": "blackwell", "l40s": "l40s", "
 
 BASE_IMAGE = "gpufleet/debian-base:bookworm"
 HOST_IMAGE = "gpufleet/lab-host:bookworm"
+# The stand-in's base image: engine-neutral (either command line, the table's default versions). The lab
+# runs it under each engine version's real image name (standin_images), as the planner names them.
 STANDIN_IMAGE = "gpufleet/engine-standin:0.1.0"
+KNOWLEDGE = os.path.join(REPO_ROOT, "data", "knowledge.yml")
+ENGINE_FLAGS = os.path.join(REPO_ROOT, "data", "engine_flags")
+# The collection's parser of the flag dumps: the stand-in checks command lines with it, as the planner does.
+FLAG_DUMP_PY = os.path.join(REPO_ROOT, "plugins", "module_utils", "flag_dump.py")
 STANDIN_ARCHIVE_IN_HOST = "/opt/gpufleet-lab/images/engine-standin.tar"
 # The gateway's router, built from its pinned PyPI wheel by the collection's own recipe (roles/gateway).
 GATEWAY_IMAGE = "gpufleet/smg:1.13.0"
@@ -110,6 +116,11 @@ def tree_hash(*paths):
     return digest.hexdigest()[:16]
 
 
+def file_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def image_label(image):
     res = sh("docker", "image", "inspect", "-f", '{{index .Config.Labels "gpufleet.inputs"}}', image, check=False)
     return res.stdout.strip() if res.returncode == 0 else None
@@ -136,17 +147,49 @@ def host_wheels():
     return wheels
 
 
-def save_archive(image, name, inputs):
-    """The image as an archive the hosts `docker load`, as an air-gapped site loads a real image."""
+def save_archive(images, name, inputs):
+    """The image(s) as one archive the hosts `docker load`, as an air-gapped site loads a real image."""
     os.makedirs(IMAGES_DIR, exist_ok=True)
     archive = os.path.join(IMAGES_DIR, name)
     stamp = archive + ".inputs"
     if not (os.path.exists(archive) and os.path.exists(stamp) and open(stamp).read() == inputs):
-        sh("docker", "save", "-o", archive + ".tmp", image)
+        sh("docker", "save", "-o", archive + ".tmp", *([images] if isinstance(images, str) else images))
         os.replace(archive + ".tmp", archive)
         with open(stamp, "w") as f:
             f.write(inputs)
     return archive
+
+
+def load_knowledge():
+    with open(KNOWLEDGE) as f:
+        return yaml.safe_load(f)
+
+
+def standin_images(knowledge):
+    """[(image, engine, version, flag dump)]: every engine version of the knowledge table under its real
+    image name (engines.<engine>.<version>.image), so the planner's image for a version is that version's
+    stand-in."""
+    versions = [("%s:%s" % (entry["image"]["repo"], entry["image"]["tag"]), engine, str(version), entry["flag_dump"])
+                for engine, table in sorted(knowledge["engines"].items()) for version, entry in sorted(table.items())]
+    images = [v[0] for v in versions]
+    if len(set(images)) != len(images):
+        raise SystemExit("data/knowledge.yml names one image for two engine versions: %s" % images)
+    return versions
+
+
+def build_version_image(image, engine, version, dump, base_inputs):
+    """The stand-in tagged as one engine version's real image: the base's layers and three ENV lines (which
+    engine, which version, which flag dump), built in a second from a Dockerfile on stdin."""
+    inputs = "%s:%s" % (base_inputs, hashlib.sha256(repr((image, engine, version, dump)).encode()).hexdigest()[:16])
+    if image_label(image) == inputs:
+        return False
+    dockerfile = (
+        f"FROM {STANDIN_IMAGE}\n"
+        f'LABEL org.opencontainers.image.title="gpufleet engine stand-in as {image} (TEST DOUBLE, not {engine})"\n'
+        f"ENV STANDIN_IMAGE_ENGINE={engine} STANDIN_ENGINE_VERSION={version} STANDIN_FLAG_DUMP={dump}\n")
+    log(f"tagging the stand-in as {image} ({engine} {version})")
+    sh("docker", "build", "-q", "--label", f"gpufleet.inputs={inputs}", "-t", image, "-", input=dockerfile)
+    return True
 
 
 def build_gateway_image(base_id):
@@ -177,11 +220,16 @@ def build_images():
     ctx = os.path.join(STATE, "build-engine-standin")
     shutil.rmtree(ctx, ignore_errors=True)
     shutil.copytree(standin_dir, ctx)
-    shutil.copytree(os.path.join(REPO_ROOT, "data", "engine_flags"), os.path.join(ctx, "engine_flags"), dirs_exist_ok=True)
-    inputs = base_id[:19] + tree_hash(standin_dir, os.path.join(REPO_ROOT, "data", "engine_flags"))
+    shutil.copytree(ENGINE_FLAGS, os.path.join(ctx, "engine_flags"), dirs_exist_ok=True)
+    shutil.copy(FLAG_DUMP_PY, os.path.join(ctx, "flag_dump.py"))
+    inputs = base_id[:19] + tree_hash(standin_dir, ENGINE_FLAGS) + file_hash(FLAG_DUMP_PY)
     build_image(STANDIN_IMAGE, ctx, inputs)
+    versions = standin_images(load_knowledge())
+    for image, engine, version, dump in versions:
+        build_version_image(image, engine, version, dump, inputs)
+    inputs += hashlib.sha256(repr(versions).encode()).hexdigest()[:16]
 
-    return {"engine": save_archive(STANDIN_IMAGE, "engine-standin.tar", inputs),
+    return {"engine": save_archive([STANDIN_IMAGE] + [v[0] for v in versions], "engine-standin.tar", inputs),
             "gateway": build_gateway_image(base_id)}
 
 

@@ -6,7 +6,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 need_pkgs=()
-for pair in dockerd:docker.io debootstrap:debootstrap git-lfs:git-lfs ssh:openssh-client rsync:rsync; do
+# The shellcheck package: ansible-test sanity's shellcheck test (scripts/sanity.sh) is skipped, not failed, without it.
+for pair in dockerd:docker.io debootstrap:debootstrap git-lfs:git-lfs ssh:openssh-client rsync:rsync shellcheck:shellcheck; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -16,9 +17,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-# The venv is rebuilt only when requirements.txt changes.
+# The venv is rebuilt only when requirements.txt or the controller's file it includes changes.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-controller.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] creating .venv from requirements.txt"
   python3 -m venv .venv

@@ -34,7 +34,7 @@ def markdown(text):
         if kind == "B":
             return "**" + value + "**"
         if kind == "L":
-            label, _, url = value.partition(",")
+            label, _unused, url = value.partition(",")
             return f"[{label.strip()}]({url.strip()})"
         return value  # U
     if isinstance(text, list):

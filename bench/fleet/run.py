@@ -64,7 +64,7 @@ def write_fleet_file(size, path):
     hosts = {f"s{i:03d}": {"ip": f"172.28.60.{10 + i}", "gpu": GPUS[(i - 1) % len(GPUS)]} for i in range(1, size + 1)}
     with open(path, "w") as f:
         yaml.safe_dump({"name": FLEET, "network": {"name": f"gpufleet-{FLEET}", "subnet": "172.28.60.0/24",
-                                                    "gateway": "172.28.60.1"},
+                                                   "gateway": "172.28.60.1"},
                         "hf_server": {"port": 8099}, "hosts": hosts}, f)
 
 
@@ -133,14 +133,14 @@ def measured(args, env_extra=None):
                 done.wait(0.25)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _unused, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         done.set()
         sampler.join()
     cpu = usage.ru_utime + usage.ru_stime
     for pid in orphaned_ssh_masters():  # each run pays for its own connections
         os.kill(pid, signal.SIGTERM)
-        _, _, master = os.wait4(pid, 0)
+        _unused, _unused2, master = os.wait4(pid, 0)
         cpu += master.ru_utime + master.ru_stime
     with open(log_path) as f:
         output = f.read()
@@ -189,7 +189,9 @@ def verdicts(rows):
     """The issue's acceptance, computed from the rows."""
     pick = {(r["hosts"], r["run"]): r for r in rows}
     sizes = sorted({r["hosts"] for r in rows})
-    mark = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+
+    def mark(ok):
+        return "PASS" if ok else "FAIL"
     lines = []
     for n in sizes:
         tuned, stock = pick[(n, "no-op")], pick[(n, "no-op, stock")]

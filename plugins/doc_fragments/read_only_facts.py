@@ -15,5 +15,5 @@ attributes:
     description: Returns no diff; nothing changes.
   idempotent:
     support: full
-    description: Reads only; RV(changed) is always V(false).
+    description: Reads only; C(changed) is always V(false).
 """

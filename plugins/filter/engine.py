@@ -32,10 +32,11 @@ def model_fit(gpu_facts, **kwargs):
     return engine_plan(gpu_facts, **kwargs)["fit"]
 
 
-def engine_image_ref(engine, engine_version=None, image=None):
-    """The image the engine's plan will run, known before the GPU facts and the model are."""
+def engine_image_ref(engine, engine_version=None, image=None, gpu_facts=None):
+    """The image the engine's plan will run, known before the model is. With the host's GPU facts it
+    is the version the plan picks for that GPU; without usable ones, the table's default_versions entry."""
     try:
-        return image_ref(engine, engine_version, image)
+        return image_ref(engine, engine_version, image, gpu_facts=gpu_facts)
     except (PlanError, KnowledgeError) as exc:
         raise AnsibleFilterError(str(exc)) from exc
 

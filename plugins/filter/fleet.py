@@ -4,14 +4,16 @@ knowledge table), what it keeps for a rollback (engine_rollback_plan) and its ro
 (engine_rollout_record, read by fleet_summary).
 
 Documentation: the sidecar files converge_digests.yml, fleet_models.yml, model_key.yml, resolved_commits.yml,
-pinned_commit.yml, fleet_summary.yml, prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml
-and engine_rollout_record.yml.
+pinned_commit.yml, fleet_summary.yml, prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml,
+engine_swap_repair.yml, engine_rollout_record.yml and engine_model_on_host.yml.
 """
+import base64
 import json
+import re
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy, hf_snapshot, weight_files
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError
 
@@ -96,23 +98,35 @@ def _releases(instances):
     return ",".join(seen) or "-"
 
 
-def _rollout_status(rollout, lost):
+def _unreachable(hv):
+    """The message of the rollout's reachability probe when it found the host unreachable, else None."""
+    reach = hv.get("engine_reach") or {}
+    return (reach.get("msg") or "unreachable") if reach.get("unreachable") else None
+
+
+def _rollout_status(rollout, lost, not_rolled_out=False):
     if rollout.get("cause"):
         return "ROLLED-BACK" if rollout.get("rolled_back") else "FAILED"
     if lost:
         return "UNREACHABLE/FAILED"
+    if not_rolled_out:
+        return "NOT-ROLLED-OUT"
     if not rollout:
         return "-"
     return "updated" if any(i.get("replaced") for i in rollout.get("instances") or []) else "unchanged"
 
 
-def fleet_summary(hostvars, hosts, lost=None):
+def fleet_summary(hostvars, hosts, lost=None, stopped=None):
     """Rows of host | GPU | engine | model@sha | health | time to healthy | release | rollout, as aligned text lines.
 
-    `lost`: hosts the play lost (unreachable or failed); the rollout column says so. After the table,
-    one line per host whose rollout failed, with the cause.
+    `lost`: hosts the play lost (unreachable or failed); the rollout column says so, as it does for hosts
+    the rollout's reachability probe found unreachable (engine_reach). `stopped`: the rollout's stop
+    (rollout_gate, the gpufleet_rollout_stopped fact): its hosts not rolled out say NOT-ROLLED-OUT and its
+    message ends the report. After the table, one line per host whose rollout failed, with the cause.
     """
     lost = set(lost or ())
+    stopped = stopped or {}
+    not_rolled_out = set(stopped.get("not_rolled_out") or ())
     rows = [("host", "gpu", "engine", "model", "revision", "health", "ready_s", "ttft_ms", "tok/s",
              "before->after", "rollout")]
     causes = []
@@ -123,43 +137,56 @@ def fleet_summary(hostvars, hosts, lost=None):
         fetched = hv.get("model_fetch_result") or {}
         rollout = hv.get("engine_rollout") or {}
         instances = rollout.get("instances") or []
+        unreachable = _unreachable(hv)
         rows.append((
             host,
             _gpu_label(hv.get("gpufleet_gpu") or {}),
             f"{plan.get('engine', '-')} {plan.get('engine_version', '')}".strip(),
             hv.get("model_fetch_repo_id") or "-",
-            (fetched.get("commit_sha") or "-")[:12],
+            (fetched.get("commit_sha") or (hv.get("gpufleet_model") or {}).get("commit_sha") or "-")[:12],
             "healthy" if health.get("healthy") else ("FAILED" if health else "not reached"),
             _fmt(health.get("time_to_healthy_s")),
             _fmt(health.get("ttft_ms")),
             _fmt(health.get("tokens_per_s")),
             _releases(instances),
-            _rollout_status(rollout, host in lost),
+            _rollout_status(rollout, host in lost or unreachable is not None, host in not_rolled_out),
         ))
         if rollout.get("cause"):
             causes.append(f"{host}: {rollout['cause']}")
+        elif unreachable:
+            causes.append(f"{host}: unreachable when its batch started, not changed: {unreachable.strip()}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return table + causes
+    return table + causes + ([stopped["message"]] if stopped.get("message") else [])
 
 
 def _fmt(value):
     return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+def _serves_this_run(hv):
+    """True when this run knows what the host serves: its engines were deployed (or found converged) and
+    no rollout failure or lost connection leaves that in doubt."""
+    return bool(hv.get("engine_deployments")) and not (hv.get("engine_rollout") or {}).get("cause") \
+        and not _unreachable(hv)
+
+
 def prometheus_file_sd(hostvars, hosts, previous=None, inventory_hosts=None):
     """Prometheus file_sd target groups: every engine instance (and DCGM exporter) of the hosts.
 
-    ``previous`` (the file's current JSON text) keeps the targets of hosts this run did not cover (a
-    --limit run) as long as they are still in ``inventory_hosts``, so a partial run never drops the rest
-    of the fleet from monitoring."""
-    kept = set(inventory_hosts or []) - set(hosts)
+    A host's targets come from this run when it knows what the host serves (_serves_this_run). Any other
+    host still in ``inventory_hosts`` keeps the targets ``previous`` (the file's current JSON text) lists for
+    it: hosts outside this run (--limit), and hosts that failed preflight, were not reached, were lost, were
+    not rolled out by a stopped rollout, or were put back on their previous containers - their engines keep
+    serving, so they must stay monitored. Hosts gone from the inventory are dropped."""
+    fresh = [h for h in hosts if _serves_this_run(hostvars[h])]
+    kept = set(inventory_hosts or hosts) - set(fresh)
     try:
         old = json.loads(previous) if previous else []
     except ValueError:
         old = []
     groups = [g for g in old if isinstance(g, dict) and (g.get("labels") or {}).get("host") in kept]
-    for host in hosts:
+    for host in fresh:
         hv = hostvars[host]
         address = hv.get("ansible_host") or host
         model = (hv.get("gpufleet_model") or {}).get("repo_id") or hv.get("model_fetch_repo_id") or ""
@@ -190,9 +217,62 @@ def engine_rollback_plan(containers, names, replaced):
     return engine_deploy.rollback_plan(containers, list(names), list(replaced))
 
 
+def engine_swap_repair(containers):
+    """What an interrupted swap left to repair first (module_utils/engine_deploy.swap_repair)."""
+    return engine_deploy.swap_repair(containers)
+
+
 def engine_rollout_record(before, after, names, replaced, restored=(), failure=None, healthy=None):
     """The engine role's engine_rollout fact (module_utils/engine_deploy.rollout_record)."""
     return engine_deploy.rollout_record(before, after, list(names), list(replaced), list(restored), failure, healthy)
+
+
+def _slurped_json(result):
+    """The JSON a slurp loop result read, None when the file was not there or is not JSON."""
+    if not result or result.get("failed") or not result.get("content"):
+        return None
+    try:
+        return json.loads(base64.b64decode(result["content"]).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def engine_model_on_host(snapshots, manifests, indexes=None, host="this host"):
+    """gpufleet_model (model_fetch_fact's shape) from the snapshots a host already holds, for a run in which
+    model_fetch did not run (playbooks/rollout.yml alone): each snapshot dir's manifest, written last by the
+    fetch, says which commit it holds and the size of every file; the safetensors index, when there is one,
+    which of them the engines load. Nothing is fetched: a snapshot that is missing, of another repo, or at
+    another commit than a pinned revision is an error naming the dir and the fix.
+
+    `snapshots`: model_snapshots' list; `manifests`, `indexes`: slurp loop results over it (each snapshot's
+    .gpufleet-snapshot.json and model.safetensors.index.json). Returns {model, errors}."""
+    entries, errors = [], []
+    indexes = list(indexes or [])
+    for i, snapshot in enumerate(snapshots):
+        manifest = _slurped_json(manifests[i] if i < len(manifests) else None)
+        where = "%s: %s (%s)" % (host, snapshot["dir"], snapshot["repo_id"])
+        fix = "run site.yml (gpufleet.serving.site), which fetches it, before playbooks/rollout.yml alone"
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            errors.append("%s holds no complete snapshot (no %s): %s" % (where, hf_snapshot.MANIFEST, fix))
+            continue
+        if manifest.get("repo_id") != snapshot["repo_id"]:
+            errors.append("%s holds a snapshot of %s: %s" % (where, manifest.get("repo_id"), fix))
+            continue
+        commit = manifest.get("commit_sha") or ""
+        pinned = str(snapshot.get("revision") or "")
+        if re.match(r"^[0-9a-f]{40}$", pinned) and pinned != commit:
+            errors.append("%s holds commit %s, the inventory pins %s: %s" % (where, commit[:12], pinned[:12], fix))
+            continue
+        sizes = {rel: f.get("size", 0) for rel, f in manifest["files"].items()}
+        index = _slurped_json(indexes[i] if i < len(indexes) else None)
+        entries.append({"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": snapshot["dir"],
+                        "commit_sha": commit, "bytes": manifest.get("bytes", sum(sizes.values())),
+                        "weights_bytes": weight_files.weights_bytes(sizes, index if isinstance(index, dict) else None)})
+    if errors:
+        return {"model": None, "errors": errors}
+    model = {key: entries[0][key] for key in ("repo_id", "dir", "commit_sha", "bytes", "weights_bytes")}
+    model["extra_models"] = entries[1:]
+    return {"model": model, "errors": []}
 
 
 class FilterModule:
@@ -200,4 +280,5 @@ class FilterModule:
         return {"converge_digests": converge_digests, "fleet_models": fleet_models, "model_key": model_key,
                 "resolved_commits": resolved_commits, "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
-                "engine_rollback_plan": engine_rollback_plan, "engine_rollout_record": engine_rollout_record}
+                "engine_rollback_plan": engine_rollback_plan, "engine_swap_repair": engine_swap_repair,
+                "engine_rollout_record": engine_rollout_record, "engine_model_on_host": engine_model_on_host}

@@ -12,6 +12,7 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
 from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_api import READY, address_of
 
 
@@ -32,9 +33,10 @@ def gateway_backends(hostvars, gpu_hosts, model):
     """The engines behind the router of `model`: {hosts, workers, keep_addresses}.
 
     `workers` are the URLs of every engine instance this run knows (the engine_deployments fact, set by the
-    rollout or restored from the converge stamp on the fast path) and proved healthy; `keep_addresses` are
-    the addresses of the model's hosts this run knows nothing about (unreachable, failed before the engine
-    role): their workers are left as the router has them."""
+    rollout or restored from the converge stamp on the fast path) and proved healthy; a host whose rollout
+    failed serves from what its rollback left running (their labels' ports and model, not the failed plan's);
+    `keep_addresses` are the addresses of the model's hosts this run knows nothing about (unreachable, failed
+    before the engine role): their workers are left as the router has them."""
     hosts, workers, keep = [], [], []
     for host in gpu_hosts or []:
         hv = hostvars[host]
@@ -43,9 +45,17 @@ def gateway_backends(hostvars, gpu_hosts, model):
         hosts.append(host)
         deployments = hv.get("engine_deployments") or []
         healthy = (hv.get("engine_health_result") or {}).get("healthy")
+        rollout = hv.get("engine_rollout") or {}
+        if rollout.get("cause"):
+            serving = engine_deploy.serving_after_failure(rollout)
+            if serving is None or not healthy:
+                keep.append(_address(hv, host))
+                continue
+            # A restored container of an older release may serve another model name: not this router's worker.
+            deployments = [s for s in serving if s["served_model_name"] in (None, model)]
         if deployments and healthy:
             workers += ["http://%s:%s" % (_address(hv, host), d["port"]) for d in deployments]
-        else:
+        elif not rollout.get("cause"):
             keep.append(_address(hv, host))
     return {"hosts": hosts, "workers": workers, "keep_addresses": keep}
 
@@ -165,5 +175,5 @@ def _checked(func):
 class FilterModule:
     def filters(self):
         return dict((f.__name__, _checked(f)) for f in (gateways_of, gateway_backends, gateway_input_errors,
-                                                       gateway_capacity_errors, gateways_unanswered, gateway_summary,
-                                                       gateway_file_sd))
+                                                        gateway_capacity_errors, gateways_unanswered, gateway_summary,
+                                                        gateway_file_sd))

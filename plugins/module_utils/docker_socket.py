@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpufleet maintainers
 # Apache License 2.0 (see LICENSE)
-"""Read container state straight from the Docker socket (stdlib only).
+"""Read container state straight from the Docker socket (no Docker SDK or CLI on the host).
 
 One GET per container over the local socket costs milliseconds; the docker CLI costs a process
 start each. Used by the converge stamp, which must stay cheap on every run.
@@ -12,38 +12,27 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
-import socket
-from http.client import HTTPConnection
+from urllib.error import HTTPError
 from urllib.parse import quote
+
+from ansible.module_utils.urls import open_url
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 
 
-class _UnixHTTPConnection(HTTPConnection):
-    def __init__(self, path, timeout):
-        HTTPConnection.__init__(self, "localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 def inspect_container(name, socket_path=DOCKER_SOCKET, timeout=10):
     """The Engine API's container inspect document, or None when no such container exists.
-    Raises OSError when the daemon cannot be reached."""
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    Raises OSError when the daemon cannot be reached (urllib's errors are OSErrors) or answers
+    with an error."""
+    # The host part is ignored on a unix socket; the daemon answers any.
+    url = "http://localhost/containers/%s/json" % quote(name, safe="")
     try:
-        conn.request("GET", "/containers/%s/json" % quote(name, safe=""))
-        resp = conn.getresponse()
-        body = resp.read()
-    finally:
-        conn.close()
-    if resp.status == 404:
-        return None
-    if resp.status != 200:
-        raise OSError("docker inspect %s: HTTP %s %s" % (name, resp.status, body[:200]))
+        with open_url(url, unix_socket=socket_path, timeout=timeout) as resp:
+            body = resp.read()
+    except HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise OSError("docker inspect %s: HTTP %s %s" % (name, exc.code, exc.read()[:200]))
     return json.loads(body.decode("utf-8"))
 
 

@@ -44,7 +44,7 @@ def parse_rpm(text, keep=is_managed):
     """rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEASE}\\n' -> packages keep() accepts (default: driver ones)."""
     packages = {}
     for line in text.splitlines():
-        name, _, version = line.partition("\t")
+        name, _tab, version = line.partition("\t")
         if version and keep(name):
             packages[name] = version
     return packages

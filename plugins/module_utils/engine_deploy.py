@@ -18,7 +18,8 @@ import os
 import re
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import draft_volume
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan, plan_hash
+from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import (
+    PlanError, build_plan, plan_hash, resolved_version)
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge, version_tuple
 
@@ -190,7 +191,9 @@ def _tp_pinned(overrides, plan_kwargs):
     kn = plan_kwargs.get("knowledge") or load_knowledge()
     engine = plan_kwargs.get("engine")
     try:
-        ev = kn["engines"][engine][str(plan_kwargs.get("engine_version") or kn["default_versions"][engine])]
+        # the version the plan will pick for this GPU (pinned, else the newest that runs on it)
+        ev = kn["engines"][engine][resolved_version(engine, plan_kwargs.get("engine_version"),
+                                                    plan_kwargs.get("gpu_facts"), kn)]
         entries = flag_dump.load_dump(os.path.join(kn.get("flag_dump_dir") or flag_dump.default_dump_dir(),
                                                    ev["flag_dump"]))
     except (KeyError, TypeError, OSError, ValueError):
@@ -267,7 +270,7 @@ def deployments(gpu_facts, instances=None, name="gpufleet-engine", overrides=Non
         if spec["port"] is not None:
             merged["--port"] = spec["port"]
         if device:
-            _refuse_mig_tp(spec, merged, plan_kwargs, host, number if instances else None)
+            _refuse_mig_tp(spec, merged, dict(plan_kwargs, gpu_facts=facts), host, number if instances else None)
         try:
             plan = planner(facts, model=model, overrides=merged, **plan_kwargs)
         except PlanError as exc:
@@ -286,7 +289,9 @@ def deployments(gpu_facts, instances=None, name="gpufleet-engine", overrides=Non
                        "container": _container(spec["name"], plan, model, model_sha, secrets_dir, gpu_requests, ulimits),
                        "probe": {"name": spec["name"], "port": plan["port"], "engine": plan["engine"],
                                  # a VLM's health gate sends one image request too (engine_health image_check)
-                                 "vision": "vision" in plan["decisions"]}}))
+                                 "vision": "vision" in plan["decisions"],
+                                 # the version's readiness/version endpoints (knowledge table http)
+                                 "http": plan["http"]}}))
     return result
 
 
@@ -389,3 +394,49 @@ def rollout_record(before, after, names, replaced, restored=(), failure=None, he
         health = {True: "healthy", False: "NOT healthy"}.get(healthy, "health unknown")
         cause = "%s; %s, now %s" % (failure.strip().rstrip("."), outcome, health)
     return {"instances": instances, "rolled_back": bool(restored), "cause": cause}
+
+
+def serving_after_failure(record):
+    """Where a host whose rollout failed serves now: [{name, port, served_model_name}] of the containers its
+    engine_rollout record (rollout_record with a failure) shows after the rollback, read from their labels:
+    a restored container listens on its own release's port, not the failed plan's. None when a container
+    has no such labels (the caller knows nothing better than what the router has)."""
+    found = []
+    for instance in (record or {}).get("instances") or []:
+        labels = (instance.get("after") or {}).get("labels")
+        if labels is None:
+            continue  # nothing runs under this name now (a retired or removed container)
+        if not labels.get("gpufleet.port"):
+            return None
+        found.append({"name": instance["name"], "port": int(labels["gpufleet.port"]),
+                      "served_model_name": labels.get("gpufleet.served_model_name")})
+    return found
+
+
+def swap_repair(containers):
+    """What to do first on a host an interrupted swap left with a running <name>-previous.
+
+    A controller killed between the rename and the stop, or Docker's restart policy after a reboot,
+    leaves <name>-previous running: it holds the port and GPUs, so a new <name> cannot start ("port is
+    already allocated"). The running container is what serves now, so it is made the current one again:
+    a <name> that is not running (a new container that never started, or crash-looping) is removed and
+    <name>-previous renamed back to <name>; the rollout then treats it like any running engine (kept as
+    the rollback target if the plan changed). When <name> runs too, <name>-previous goes back to being
+    the stopped rollback target. A stopped <name>-previous is left as it is (rollback_plan keeps it).
+
+    `containers`: the host's engine containers (docker_host_info). Returns {restore: names whose
+    -previous becomes <name>, remove: <name>s to remove first, stop: -previous names to stop}.
+    """
+    by_name = {_name(c): c for c in containers or []}
+    plan = {"restore": [], "remove": [], "stop": []}
+    for previous, container in sorted(by_name.items()):
+        if not previous.endswith(PREVIOUS_SUFFIX) or not _running(container):
+            continue
+        name = previous[:-len(PREVIOUS_SUFFIX)]
+        if name in by_name and _running(by_name[name]):
+            plan["stop"].append(previous)
+            continue
+        if name in by_name:
+            plan["remove"].append(name)
+        plan["restore"].append(name)
+    return plan

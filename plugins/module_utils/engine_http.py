@@ -3,9 +3,9 @@
 # Apache License 2.0 (see LICENSE)
 """Talk to an SGLang or vLLM server over HTTP: readiness, served models, version, a streamed smoke test.
 
-Plain Python (stdlib urllib) with no Ansible import, so the engine_health module and the tests
-share it. What "ready" means per engine (SGLang 0.5.23 http_server.py, vLLM 0.33.0
-serve/instrumentator/health.py):
+Stdlib and ansible.module_utils.urls (open_url: proxies, certificates, one User-Agent, as every
+Ansible HTTP client), so the engine_health module, the engine_benchmark load and the tests share it.
+What "ready" means per engine (SGLang 0.5.23 http_server.py, vLLM 0.33.0 serve/instrumentator/health.py):
 
 * Both engines load the model before their HTTP server listens: connection refused = loading.
 * SGLang /health answers 503 while the warmup request runs (and when a 1-token generation
@@ -26,9 +26,28 @@ import zlib
 
 from http.client import HTTPException
 from urllib.error import HTTPError
-from urllib.request import Request, urlopen
+
+from ansible.module_utils.urls import open_url
 
 ENGINES = ("sglang", "vllm")
+# Readiness, version and load endpoints vary by engine version: they live in the knowledge table
+# (engines.<engine>.<version>.http) and a plan carries its version's (plan["http"]); callers pass
+# them as `endpoints`. These defaults, for callers without a plan, are the newest table versions'
+# (tests/unit/test_engine_plan_versions.py keeps them equal). /v1/models and /v1/chat/completions
+# are the OpenAI protocol, the same in every version, and stay in code.
+DEFAULT_ENDPOINTS = {
+    "sglang": {"health": "/health", "health_503": "waiting", "version": {"path": "/server_info", "key": "version"},
+               "inflight_metrics": ["sglang:num_running_reqs", "sglang:num_queue_reqs"]},
+    "vllm": {"health": "/health", "health_503": "dead", "version": {"path": "/version", "key": "version"},
+             "inflight_metrics": ["vllm:num_requests_running", "vllm:num_requests_waiting"]},
+}
+
+
+def endpoints_of(engine, endpoints=None):
+    """The given endpoints (a plan's `http`), else the engine's defaults."""
+    return endpoints or DEFAULT_ENDPOINTS[engine]
+
+
 REDACTED = "********"
 # Secrets as engines may print them: SGLang logs its ServerArgs (api_key='...'), a launch line
 # has --api-key X, a client may log an Authorization header.
@@ -81,7 +100,11 @@ def _request(base_url, path, api_key=None, payload=None, timeout=10.0):
     if payload is not None:
         data = json.dumps(payload).encode("utf-8")
         headers["Content-Type"] = "application/json"
-    return urlopen(Request(base_url.rstrip("/") + path, data=data, headers=headers), timeout=timeout)
+    # The response is returned unread: smoke_chat reads the SSE stream line by line as it arrives (the
+    # TTFT is the time of the first content line), so no reading-all client (fetch_url, requests) here.
+    # HTTP error statuses raise urllib's HTTPError, as urlopen did.
+    return open_url(base_url.rstrip("/") + path, data=data, headers=headers, method="POST" if data else "GET",
+                    timeout=timeout)
 
 
 def get(base_url, path, api_key=None, timeout=10.0):
@@ -94,23 +117,26 @@ def get(base_url, path, api_key=None, timeout=10.0):
         return exc.code, exc.read()
 
 
-def probe_health(base_url, engine, timeout=30.0):
+def probe_health(base_url, engine, timeout=30.0, endpoints=None):
     """One readiness probe: ("ready" | "waiting" | "dead", human description)."""
+    http = endpoints_of(engine, endpoints)
+    path = http["health"]
     try:
-        status, _ = get(base_url, "/health", timeout=timeout)
+        status, _body = get(base_url, path, timeout=timeout)
     except (OSError, HTTPException) as exc:  # refused, reset, timed out, half-started: still loading
         reason = getattr(exc, "reason", exc)
-        return "waiting", "GET /health -> no answer (%s)" % reason
+        return "waiting", "GET %s -> no answer (%s)" % (path, reason)
     if status == 200:
-        return "ready", "GET /health -> 200"
-    if status == 503 and engine == "sglang":
-        return "waiting", "GET /health -> 503 (SGLang is starting or warming up)"
+        return "ready", "GET %s -> 200" % path
+    if status == 503 and http["health_503"] == "waiting":
+        return "waiting", "GET %s -> 503 (%s is starting or warming up)" % (path, engine)
     if status == 503:
-        return "dead", "GET /health -> 503 (vLLM reports its engine dead)"
-    return "waiting", "GET /health -> unexpected HTTP %s (is this the %s port?)" % (status, engine)
+        return "dead", "GET %s -> 503 (%s reports its engine dead)" % (path, engine)
+    return "waiting", "GET %s -> unexpected HTTP %s (is this the %s port?)" % (path, status, engine)
 
 
-def wait_ready(base_url, engine, timeout, interval, stop_check=None, clock=time.monotonic, sleep=time.sleep):
+def wait_ready(base_url, engine, timeout, interval, stop_check=None, clock=time.monotonic, sleep=time.sleep,
+               endpoints=None):
     """Probe until ready, dead, `stop_check()` returns a reason, or `timeout` seconds pass.
 
     Returns (ready, elapsed seconds, last probe description, stop reason or None).
@@ -118,7 +144,7 @@ def wait_ready(base_url, engine, timeout, interval, stop_check=None, clock=time.
     start = clock()
     while True:
         remaining = timeout - (clock() - start)
-        state, seen = probe_health(base_url, engine, timeout=max(1.0, min(30.0, remaining)))
+        state, seen = probe_health(base_url, engine, timeout=max(1.0, min(30.0, remaining)), endpoints=endpoints)
         elapsed = clock() - start
         if state == "ready":
             return True, elapsed, seen, None
@@ -140,12 +166,12 @@ def list_models(base_url, api_key=None, timeout=10.0):
     return [card["id"] for card in json.loads(body).get("data", [])]
 
 
-def engine_version(base_url, engine, api_key=None, timeout=10.0):
-    """SGLang has no /version: its version is in /server_info. vLLM serves /version. None if unknown."""
-    path = "/server_info" if engine == "sglang" else "/version"
+def engine_version(base_url, engine, api_key=None, timeout=10.0, endpoints=None):
+    """The version the server reports (SGLang has no /version: it is in its server info). None if unknown."""
+    where = endpoints_of(engine, endpoints)["version"]
     try:
-        status, body = get(base_url, path, api_key, timeout)
-        return json.loads(body).get("version") if status == 200 else None
+        status, body = get(base_url, where["path"], api_key, timeout)
+        return json.loads(body).get(where["key"]) if status == 200 else None
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -198,7 +224,7 @@ def tiny_png(side=32):
     without upscaling (patch 14 x merge 2 = 28, patch 16 x merge 2 = 32)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    rows = b"".join(b"\x00" + b"\x80" * side for _ in range(side))  # filter byte + 8-bit grey pixels
+    rows = b"".join(b"\x00" + b"\x80" * side for _row in range(side))  # filter byte + 8-bit grey pixels
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
@@ -224,10 +250,7 @@ def image_chat(base_url, model, max_tokens=8, api_key=None, timeout=120.0):
 
 # Requests an engine holds (running + queued), by the gauges each engine exports on /metrics:
 # vllm/v1/metrics/loggers.py (0.33.0) and sglang/srt/observability/metrics_collector.py (0.5.23).
-INFLIGHT_METRICS = {
-    "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
-    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
-}
+INFLIGHT_METRICS = {engine: tuple(http["inflight_metrics"]) for engine, http in DEFAULT_ENDPOINTS.items()}
 
 
 def metric_sum(text, names):
@@ -243,10 +266,10 @@ def metric_sum(text, names):
     return total if seen else None
 
 
-def inflight(base_url, engine, timeout=10.0):
+def inflight(base_url, engine, timeout=10.0, endpoints=None):
     """Requests the engine is running or has queued, from its /metrics; None when it does not say."""
     status, body = get(base_url, "/metrics", timeout=timeout)
     if status != 200:
         raise EngineHttpError("/metrics", status, error_message(body))
-    count = metric_sum(body.decode("utf-8", "replace"), INFLIGHT_METRICS[engine])
+    count = metric_sum(body.decode("utf-8", "replace"), endpoints_of(engine, endpoints)["inflight_metrics"])
     return None if count is None else int(count)

@@ -17,8 +17,8 @@ import json
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump, vision_fit
 from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
-    arch_key, driver_branch, engine_versions, load_knowledge, max_cuda_for_driver, min_driver_for_cuda,
-    runs_kernels, version_tuple)
+    arch_engine, arch_key, choose_version, driver_branch, engine_versions, load_knowledge, max_cuda_for_driver,
+    min_driver_for_cuda, runs_kernels, version_blockers, version_tuple)
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import (
     DTYPE_BYTES, GIB, KV_BYTES, MIB, PlanError, estimate_weights, fit, fp8_weights, model_dims, parse_context)
 
@@ -33,9 +33,14 @@ SEMANTIC = ("host", "port", "served_name", "tp", "dtype", "quantization", "kv_ca
             "memory_fraction", "context_length", "max_running_requests", "expert_parallel")
 
 
+# Not part of what runs: words about the plan (the reason names the host's driver, whose patch
+# release must not recreate a container whose version and arguments stay the same).
+UNHASHED = ("warnings", "plan_hash", "engine_version_reason")
+
+
 def plan_hash(plan):
-    """sha256 of the canonical JSON of the plan without warnings (and without the hash itself)."""
-    body = {k: v for k, v in plan.items() if k not in ("warnings", "plan_hash")}
+    """sha256 of the canonical JSON of the plan without its words (warnings, the version reason)."""
+    body = {k: v for k, v in plan.items() if k not in UNHASHED}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -76,16 +81,45 @@ def _gpu(facts, host):
 
 
 def _engine(kn, engine, version, host):
+    """(version, table entry) of a pinned version; without one, the table's default_versions entry
+    (only for what needs no GPU facts: image_ref before the GPU is known)."""
     if engine not in kn["engines"]:
         raise PlanError("%s: engine %r is unknown: choose one of %s" % (host, engine, ", ".join(sorted(kn["engines"]))))
     version = str(version or kn["default_versions"][engine])
     if version not in kn["engines"][engine]:
-        raise PlanError("%s: engine_version %r of %s is not in knowledge table %s: choose one of %s"
+        raise PlanError("%s: engine_version %r of %s is not in knowledge table %s: choose one of %s, or remove "
+                        "engine_version (the planner picks the newest that runs on the host's GPU)"
                         % (host, version, engine, kn["table_version"], ", ".join(engine_versions(kn, engine))))
     return version, kn["engines"][engine][version]
 
 
+def _version(kn, engine, pinned, gpu, host, warnings):
+    """(version, entry, reason): the pinned engine_version, else the newest one of the table whose
+    kernels run on this GPU and whose image CUDA the driver supports (knowledge.choose_version).
+    When none does, the newest is returned and the kernel/driver checks say why and what to do."""
+    if pinned:
+        version, ev = _engine(kn, engine, pinned, host)
+        return version, ev, "pinned by engine_version"
+    _engine(kn, engine, None, host)      # an unknown engine is refused here
+    driver = gpu["driver"]
+    version, reason, skipped = choose_version(kn, engine, gpu["cc"], driver, None if driver else gpu["cuda"])
+    if version is None:   # the checks below say why and what to do: about the driver when kernels would run
+        runs = [v for v in engine_versions(kn, engine) if runs_kernels(kn["engines"][engine][v]["kernel_cubins"], gpu["cc"])]
+        version = (runs or engine_versions(kn, engine))[-1]
+        return version, kn["engines"][engine][version], reason
+    newer_blocked_by_driver = [v for v, why in skipped.items()
+                               if not version_blockers(kn, engine, v, gpu["cc"])]
+    if newer_blocked_by_driver:
+        newest = newer_blocked_by_driver[0]
+        need = min_driver_for_cuda(kn, kn["engines"][engine][newest]["cuda"])
+        warnings.append("%s: planned %s %s; %s %s runs on this GPU with NVIDIA driver >= %s (R%s): upgrade the "
+                        "driver to get it" % (host, ENGINE_NAMES.get(engine, engine), version,
+                                              ENGINE_NAMES.get(engine, engine), newest, need, driver_branch(need)))
+    return version, kn["engines"][engine][version], reason
+
+
 def _arch(kn, gpu, host, warnings):
+    """(table CC key, arch entry) of the GPU."""
     key = arch_key(kn, gpu["cc"])
     if key is None:
         raise PlanError("%s: %s has compute capability %s, which knowledge table %s does not list: add it to "
@@ -96,7 +130,7 @@ def _arch(kn, gpu, host, warnings):
                                                                    arch["architecture"], arch["reason"]))
     if key != gpu["cc"]:
         warnings.append("%s: CC %s is planned with the CC %s entry of the knowledge table" % (host, gpu["cc"], key))
-    return arch
+    return key, arch
 
 
 def _alternatives(kn, gpu, usable):
@@ -105,17 +139,22 @@ def _alternatives(kn, gpu, usable):
             if runs_kernels(kn["engines"][e][v]["kernel_cubins"], gpu["cc"]) and usable(kn["engines"][e][v])]
 
 
-def _check_kernels(kn, engine, version, ev, arch, gpu, where):
+def _check_kernels(kn, engine, version, ev, arch, gpu, where, pinned):
     if runs_kernels(ev["kernel_cubins"], gpu["cc"]):
         return
     others = _alternatives(kn, gpu, lambda entry: True)
-    same_engine = [o for o in others if o.startswith("engine=%s " % engine)]
-    raise PlanError("%s: %s %s cannot run on CC %s (%s): %s ships no sm_%s code%s. Fix: %s"
-                    % (where, ENGINE_NAMES.get(engine, engine), version, gpu["cc"], arch["architecture"],
-                       ev["kernel_package"], gpu["cc"].replace(".", ""),
+    same_engine = [o.split("engine_version=")[1] for o in others if o.startswith("engine=%s " % engine)]
+    if pinned and same_engine:    # the inventory pins a version; another version of the same engine runs
+        fix = ("set engine_version to %s (or remove engine_version: the planner picks the newest that runs here)"
+               % " or ".join(reversed(same_engine)))
+    else:
+        fix = "set " + " or ".join(others) if others else "use a GPU of CC 8.0 or newer"
+    raise PlanError("%s: %s%s %s%s cannot run on CC %s (%s): %s ships no sm_%s code%s. Fix: %s"
+                    % (where, "engine_version %s pins " % version if pinned else "", ENGINE_NAMES.get(engine, engine),
+                       version, ", which" if pinned else "", gpu["cc"], arch["architecture"], ev["kernel_package"],
+                       gpu["cc"].replace(".", ""),
                        "" if same_engine else " and knowledge table %s has no %s version that does"
-                       % (kn["table_version"], ENGINE_NAMES.get(engine, engine)),
-                       "set " + " or ".join(others) if others else "use a GPU of CC 8.0 or newer"))
+                       % (kn["table_version"], ENGINE_NAMES.get(engine, engine)), fix))
 
 
 def _check_driver(kn, engine, version, ev, arch, gpu, image, where, warnings):
@@ -256,8 +295,9 @@ def _choose_tp(dims, gpu, pinned, flag, where):
     if pinned is not None:
         tp = _number(pinned, flag, where)
         if tp < 1 or tp > gpu["count"]:
-            raise PlanError("%s: tensor parallel size %d needs %d GPUs; the host has %d: lower it"
-                            % (where, tp, tp, gpu["count"]))
+            raise PlanError("%s: engine_overrides %s %d needs %d GPUs; the host has %d: set it to %d or less, "
+                            "or remove it (the planner picks the largest the model allows)"
+                            % (where, flag, tp, tp, gpu["count"], gpu["count"]))
         if not _tp_ok(dims, tp):
             good = [n for n in range(1, gpu["count"] + 1) if _tp_ok(dims, n)]
             raise PlanError("%s: tensor parallel size %d does not divide the model (%s): use one of %s"
@@ -393,14 +433,16 @@ def _graph_phases(ev, pre, ae, ovr, dims):
     parse_cuda_graph_config). SGLang turns prefill graphs off itself for VLMs outside its list
     (cuda_graph_hook.py disable_breakable_cudagraph_if_incompatible) unless an override set them."""
     on = pre["cuda_graph"] and ae["cuda_graph"]
-    phases, pinned = {"decode": on, "prefill": on}, set()
+    # a phase the version captures no graphs for stays off whatever the overrides say
+    captured = ev["cuda_graph_phases"]
+    phases, pinned = {phase: on and phase in captured for phase in ("decode", "prefill")}, set()
     for flag, turned in (ev.get("cuda_graph_switches") or {}).items():
         if ovr.get(flag) is not None:
-            phases.update({phase: not ovr[flag] for phase in turned})
+            phases.update({phase: not ovr[flag] and phase in captured for phase in turned})
             pinned.update(turned)
     for flag, phase in (ev.get("cuda_graph_backend_flags") or {}).items():
         if ovr.get(flag) is not None:
-            phases[phase] = ovr[flag] != "disabled"
+            phases[phase] = ovr[flag] != "disabled" and phase in captured
             pinned.add(phase)
     vlm_archs = ev["memory"].get("prefill_graph_vlm_archs")
     if (vlm_archs is not None and dims["vision_config"] and "prefill" not in pinned
@@ -483,11 +525,26 @@ def _vllm_reserve(memory, gpu, phases, settings):
     return max(reserve, memory["min_reserve_mib"]), batched
 
 
-def _memory(engine, ev, gpu, tp, phases, max_running, dims, settings):
+def _sglang_tier_reserve(memory, gpu_mib, tp, speculative, settings):
+    """(reserve MiB, chunked prefill tokens) of the older SGLang rule (0.5.1.post2 server_args.py
+    __post_init__): a fixed reserve per GPU-memory tier plus a share per parallel rank, more with
+    a draft model. The chunked prefill size does not enter it."""
+    tier = next(t for t in memory["reserve_tiers"] if t["below_mib"] is None or gpu_mib < t["below_mib"])
+    reserve = tier["reserve_mib"] + tier["per_parallel_mib"] * tp
+    if speculative:
+        reserve += memory["speculative_reserve_mib"]
+    chunked = next(t["chunked_prefill"] for t in memory["tiers"] if t["below_mib"] is None or gpu_mib < t["below_mib"])
+    return reserve, settings.get("chunked_prefill", chunked)
+
+
+def _memory(engine, ev, gpu, tp, phases, max_running, dims, settings, speculative=False):
     """(reserve inside the fraction in MiB, SGLang's own fraction or None, prefill tokens)."""
     memory = ev["memory"]
     if memory["fraction"] == "engine_formula":
-        reserve, chunked = _sglang_reserve(memory, gpu["memory_mib"], tp, phases, max_running, dims, settings)
+        if memory["formula"] == "reserve_tiers":
+            reserve, chunked = _sglang_tier_reserve(memory, gpu["memory_mib"], tp, speculative, settings)
+        else:
+            reserve, chunked = _sglang_reserve(memory, gpu["memory_mib"], tp, phases, max_running, dims, settings)
         return memory["activation_reserve_mib"], _sglang_fraction(memory, gpu["memory_mib"], reserve,
                                                                   dims["vision_config"]), chunked
     reserve, batched = _vllm_reserve(memory, gpu, phases, settings)
@@ -556,14 +613,14 @@ def _speculative(engine, ev, model, where):
     if algorithm not in spec["algorithms"]:
         raise PlanError("%s: model.draft_algorithm %r is not known for %s: choose one of %s"
                         % (where, algorithm, ENGINE_NAMES[engine], ", ".join(spec["algorithms"])))
-    name = spec["algorithms"][algorithm]
-    if spec["style"] == "json":
-        return {"--speculative-config": json.dumps(
-            {"method": name, "model": model["draft_path"], "num_speculative_tokens": spec["num_speculative_tokens"]},
-            sort_keys=True)}
-    return {"--speculative-algorithm": name, "--speculative-draft-model-path": model["draft_path"],
-            "--speculative-num-steps": spec["num_steps"], "--speculative-eagle-topk": spec["eagle_topk"],
-            "--speculative-num-draft-tokens": spec["num_draft_tokens"]}
+    name, flags = spec["algorithms"][algorithm], spec["flags"]
+    if spec["style"] == "json":     # one flag holding the engine's config object (vLLM)
+        keys = spec["json_keys"]
+        config = dict(spec["values"], **{keys["algorithm"]: name, keys["draft_model"]: model["draft_path"]})
+        return {flags["config"]: json.dumps(config, sort_keys=True)}
+    opts = {flags["algorithm"]: name, flags["draft_model"]: model["draft_path"]}
+    opts.update((flags[key], value) for key, value in spec["values"].items())
+    return opts
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,23 +668,41 @@ def _model(model, where):
     return model
 
 
-def image_ref(engine, engine_version=None, image=None, knowledge=None, host=None):
+def resolved_version(engine, engine_version=None, gpu_facts=None, knowledge=None, host=None):
+    """The engine version a plan for these GPU facts will run, without planning: the pinned one, else
+    the newest that runs on the GPU (as build_plan picks it), else, with no usable GPU facts (no
+    driver yet), the table's default_versions entry. Never raises for GPU reasons: the plan does."""
+    kn = knowledge or _default_knowledge()
+    if engine_version or not isinstance(gpu_facts, dict) or gpu_facts.get("state") != "healthy" \
+            or not gpu_facts.get("compute_capability"):
+        return _engine(kn, engine, engine_version, host)[0]
+    _engine(kn, engine, None, host)
+    driver = gpu_facts.get("driver_version")
+    version = choose_version(kn, engine, str(gpu_facts["compute_capability"]), driver,
+                             None if driver else gpu_facts.get("cuda_version"))[0]
+    return version or engine_versions(kn, engine)[-1]
+
+
+def image_ref(engine, engine_version=None, image=None, knowledge=None, host=None, gpu_facts=None):
     """The engine image a plan will run: the override, else the one the knowledge table names for the
-    engine version. Needs no GPU facts and no model, so the image can be fetched before either."""
+    engine version (resolved_version: with GPU facts the one the plan will pick). Needs no model, so
+    the image can be fetched before it."""
     if image:
         return image
-    _, ev = _engine(knowledge or _default_knowledge(), engine, engine_version, host)
+    kn = knowledge or _default_knowledge()
+    version = resolved_version(engine, engine_version, gpu_facts, kn, host)
+    ev = kn["engines"][engine][version]
     return "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
 
 
 def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warnings):
     """Everything fixed before the model is looked at: GPU, engine version, arch, driver, preset."""
     gpu = _gpu(gpu_facts, host)
-    version, ev = _engine(kn, engine, engine_version, host)
+    key, arch = _arch(kn, gpu, host, warnings)
+    version, ev, reason = _version(kn, engine, engine_version, gpu, host, warnings)
     where = "%s (%s x %s)" % (host, gpu["count"], gpu["name"])
-    arch = _arch(kn, gpu, host, warnings)
-    _check_kernels(kn, engine, version, ev, arch, gpu, where)
-    image_name = image_ref(engine, version, image, kn, host)
+    _check_kernels(kn, engine, version, ev, arch, gpu, where, bool(engine_version))
+    image_name = image or "%s:%s" % (ev["image"]["repo"], ev["image"]["tag"])
     if image:
         warnings.append("%s: image overridden with %s; assuming it is built with CUDA %s like %s:%s"
                         % (host, image, ev["cuda"], ev["image"]["repo"], ev["image"]["tag"]))
@@ -638,7 +713,11 @@ def _resolve(kn, gpu_facts, engine, engine_version, preset, image, host, warning
         warnings.append("%s: GPUs differ; planning with the smallest (%d MiB)" % (where, gpu["memory_mib"]))
     flags = _flags("%s/%s" % (kn.get("flag_dump_dir") or flag_dump.default_dump_dir(), ev["flag_dump"]),
                    engine, version)
-    return {"engine": engine, "version": version, "ev": ev, "gpu": gpu, "arch": arch, "ae": arch[engine],
+    # versions of this engine that run here and take an API key without argv (for a refusal's fix)
+    key_versions = [v for v in engine_versions(kn, engine) if kn["engines"][engine][v]["api_key"]["via"] != "unsupported"
+                    and not version_blockers(kn, engine, v, gpu["cc"], gpu["driver"])]
+    return {"engine": engine, "version": version, "reason": reason, "ev": ev, "gpu": gpu, "arch": arch,
+            "ae": arch_engine(kn, key, engine, version), "key_versions": key_versions,
             "preset": kn["presets"][preset], "image": image_name, "where": where, "flags": flags}
 
 
@@ -658,7 +737,9 @@ def _decide(ctx, dims, model, pinned, ovr, warnings):
     max_running = (_positive(pinned("max_running_requests"), names["max_running_requests"], where)
                    or pre["max_running_requests"])
     settings = _memory_settings(ev, ovr, where)
-    reserve_mib, formula, prefill_tokens = _memory(engine, ev, gpu, tp, phases, max_running, dims, settings)
+    speculative = _speculative(engine, ev, model, where)
+    reserve_mib, formula, prefill_tokens = _memory(engine, ev, gpu, tp, phases, max_running, dims, settings,
+                                                   bool(speculative))
     return {
         "tp": tp,
         "dtype": _choose_dtype(arch, dims, pinned("dtype"), where, warnings),
@@ -676,7 +757,7 @@ def _decide(ctx, dims, model, pinned, ovr, warnings):
         "max_total_tokens": settings.get("max_total_tokens"),
         "expert_parallel": _choose_expert_parallel(ev, dims, tp, pinned("expert_parallel"),
                                                    names.get("expert_parallel"), where, warnings),
-        "speculative": _speculative(engine, ev, model, where),
+        "speculative": speculative,
         "port": _positive(pinned("port"), names["port"], where, 65535) or ev["port"],
     }
 
@@ -752,6 +833,11 @@ def _options(ctx, model, d, context, pinned, ovr, api_key):
     secrets = {}
     if api_key:
         delivery = ev["api_key"]
+        if delivery["via"] == "unsupported":
+            raise PlanError("%s: engine_api_key is set but %s: the collection never puts a secret on a command line. "
+                            "Fix: unset engine_api_key (a gateway in front can hold the key), or pin an "
+                            "engine_version that reads the key from a file (%s)"
+                            % (ctx["where"], delivery["reason"], ", ".join(ctx["key_versions"]) or "none runs here"))
         if delivery["via"] == "env":
             secrets["api_key"] = {"env": delivery["name"]}
         else:
@@ -793,6 +879,13 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
         extra, vision_decisions = vision_fit.image_budget(
             d["vision"], engine, model.get("config"), fit_result["context_length"], d["fraction"],
             ctx["gpu"]["memory_mib"] * MIB, ovr, where)
+        # data/multimodal.yml names one flag set per engine; an older version may lack them, and
+        # without them the image budget the fit assumed would not hold.
+        missing = sorted(f for f in extra if f not in flags.index)
+        if missing:
+            raise PlanError("%s: %s has no %s, so the image budget of this vision-language model cannot be set: "
+                            "pin a newer engine_version of %s that runs on this GPU, or use engine=vllm"
+                            % (where, flags.label, " or ".join(missing), ENGINE_NAMES.get(engine, engine)))
         opts.update(extra)
 
     args = ([model["path"]] if ev["model_arg"] == "positional" else []) + _render(flags, opts)
@@ -804,6 +897,8 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
     plan = {
         "engine": engine,
         "engine_version": ctx["version"],
+        # why this version: pinned, or the newest that runs here and what newer ones lacked
+        "engine_version_reason": ctx["reason"],
         "knowledge_table_version": kn["table_version"],
         "image": ctx["image"],
         "image_cuda": ev["cuda"],
@@ -813,6 +908,8 @@ def build_plan(gpu_facts, engine, model, preset=DEFAULT_PRESET, overrides=None, 
         "env": dict(ev["env"]),
         "secrets": secrets,
         "port": d["port"],
+        # the version's readiness/version/load endpoints, for engine_health and engine_inflight
+        "http": copy.deepcopy(ev["http"]),
         "container": _container(kn, ev, ctx["gpu"], d["tp"]),
         "decisions": {
             "preset": preset,

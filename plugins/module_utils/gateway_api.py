@@ -69,7 +69,7 @@ class Router(object):
             body = resp.read()
         except HTTPError as exc:
             raise GatewayError("%s answered HTTP %s: %s%s" % (where, exc.code, exc.read()[:300].decode("utf-8", "replace"),
-                                                             " (check gateway_api_key)" if exc.code in (401, 403) else ""),
+                                                              " (check gateway_api_key)" if exc.code in (401, 403) else ""),
                                status=exc.code)
         except (URLError, socket.timeout, OSError) as exc:
             raise GatewayError("%s: no answer within %.0f s (%s)" % (where, self.timeout, getattr(exc, "reason", exc)))

@@ -41,7 +41,7 @@ def read_gpu_facts(module, nvidia_smi_path=None, timeout=30):
     def run(argv):
         # subprocess rather than run_command: run_command has no timeout, and nvidia-smi can hang.
         try:
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False,
                                   timeout=timeout, env=dict(os.environ, LC_ALL="C"))
         except subprocess.TimeoutExpired:
             module.fail_json(msg="%s did not answer within %d seconds" % (" ".join(argv), timeout))

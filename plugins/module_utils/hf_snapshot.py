@@ -370,12 +370,14 @@ def adoption_plan(snapshot_dir, manifest, host, deep=False, delivered_dir=None):
       stale:    paths the dir's own manifest owned that `manifest` does not list (to delete)
       complete: True when the dir already is this snapshot, recorded on this host, with no INCOMING dir
     A file of the dir is trusted without hashing when the dir's manifest was written on `host` and
-    recorded the same file (size, sha256, blob id) with the size still matching; `deep` hashes all.
+    recorded the same file (size, sha256, blob id) with the stat it has now (see `_trusted`: a same-size
+    rewrite is hashed); `deep` hashes all.
     """
     records = manifest["files"]
     current = read_manifest(snapshot_dir) or {}
     own = current.get("host") == host
     recorded = (current.get("files") or {}) if own else {}
+    stats = (current.get("stat") or {}) if own else {}
     incoming = delivered_dir or os.path.join(snapshot_dir, INCOMING)
     take, rejected, missing, wrong = [], [], [], []
     for rel, record in sorted(records.items()):
@@ -388,7 +390,7 @@ def adoption_plan(snapshot_dir, manifest, host, deep=False, delivered_dir=None):
                 missing.append(rel)
             continue
         local = os.path.join(snapshot_dir, rel)
-        if not deep and recorded.get(rel) == record and _size_is(local, record["size"]):
+        if not deep and recorded.get(rel) == record and _trusted(record, record, local, stats.get(rel)):
             continue
         if verify_record(local, record):
             continue
@@ -417,10 +419,3 @@ def claim_incoming(snapshot_dir, names):
             os.makedirs(os.path.dirname(os.path.join(claimed, rel)), exist_ok=True)
             os.replace(os.path.join(incoming, rel), os.path.join(claimed, rel))
     return claimed
-
-
-def _size_is(path, size):
-    try:
-        return os.path.getsize(path) == size
-    except OSError:
-        return False

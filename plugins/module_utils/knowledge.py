@@ -14,9 +14,11 @@ import re
 
 import yaml
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _CC = re.compile(r"^\d+\.\d+$")
+# Engine release numbers: a dotted release with an optional PEP 440 post release (0.5.1.post2).
+_ENGINE_VERSION = re.compile(r"^(\d+(?:\.\d+)*)(?:\.post(\d+))?$")
 _WEIGHTS = ("checkpoint", "fp8_if_native", "fp8")
 _KV = ("auto", "fp8_if_native", "fp8")
 
@@ -40,8 +42,9 @@ def load_knowledge(path=None):
             table = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as exc:
         raise KnowledgeError("cannot read knowledge table %s: %s" % (path, exc)) from exc
-    validate(table, source=path)
-    table["flag_dump_dir"] = os.path.join(os.path.dirname(os.path.abspath(path)), "engine_flags")
+    dump_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "engine_flags")
+    validate(table, source=path, dump_dir=dump_dir)
+    table["flag_dump_dir"] = dump_dir
     return table
 
 
@@ -64,8 +67,69 @@ def arch_key(knowledge, compute_capability):
     return max(same_major, key=version_tuple) if same_major else None
 
 
+def engine_version_key(text):
+    """'0.5.1.post2' -> ((0, 5, 1), 2), '0.5.23' -> ((0, 5, 23), -1): sorts releases the way PyPI
+    does (a post release after its release, before the next). Raises ValueError on anything else."""
+    match = _ENGINE_VERSION.match(str(text).strip())
+    if not match:
+        raise ValueError("not an engine version: %r" % (text,))
+    return tuple(int(p) for p in match.group(1).split(".")), int(match.group(2)) if match.group(2) else -1
+
+
 def engine_versions(knowledge, engine):
-    return sorted(knowledge["engines"].get(engine, {}), key=version_tuple)
+    """The table's versions of `engine`, oldest first."""
+    return sorted(knowledge["engines"].get(engine, {}), key=engine_version_key)
+
+
+def arch_engine(knowledge, cc_key, engine, version):
+    """archs.<cc_key>.<engine> as it holds for this engine version: the version's own `archs`
+    entry for the CC (if any) replaces keys of the shared one."""
+    merged = dict(knowledge["archs"][cc_key][engine])
+    merged.update(((knowledge["engines"][engine][version].get("archs") or {}).get(cc_key)) or {})
+    return merged
+
+
+def version_blockers(knowledge, engine, version, compute_capability, driver=None, cuda=None):
+    """Why this engine version cannot run on a GPU of this CC with this host driver (or the CUDA
+    version the driver reports when the driver version is unknown): a list of short reasons,
+    empty when it can. Only what the table knows: kernels, the architecture's CUDA floor, the
+    image's CUDA against the driver."""
+    entry = knowledge["engines"][engine][version]
+    reasons = []
+    if not runs_kernels(entry["kernel_cubins"], compute_capability):
+        reasons.append("%s ships no sm_%s code" % (entry["kernel_package"], str(compute_capability).replace(".", "")))
+    key = arch_key(knowledge, compute_capability)
+    cuda_min = knowledge["archs"][key].get("cuda_min") if key else None
+    if cuda_min and version_tuple(entry["cuda"]) < version_tuple(cuda_min):
+        reasons.append("its image has CUDA %s, %s needs >= %s"
+                       % (entry["cuda"], knowledge["archs"][key]["architecture"], cuda_min))
+    need = min_driver_for_cuda(knowledge, entry["cuda"])
+    if driver and version_tuple(driver) < version_tuple(need):
+        reasons.append("its image needs CUDA %s (driver >= %s); driver %s supports CUDA %s"
+                       % (entry["cuda"], need, driver, max_cuda_for_driver(knowledge, driver) or "< 12.6"))
+    elif not driver and cuda and version_tuple(cuda) < version_tuple(entry["cuda"]):
+        reasons.append("its image needs CUDA %s; the driver supports CUDA %s" % (entry["cuda"], cuda))
+    return reasons
+
+
+def choose_version(knowledge, engine, compute_capability, driver=None, cuda=None):
+    """The newest version of `engine` that runs on this GPU and driver.
+
+    Returns (version or None, reason, {skipped version: [reasons]}); `reason` says why that
+    version (or why none) in words the plan and the summaries show."""
+    skipped, name = {}, "%s in table %s" % (engine, knowledge["table_version"])
+    for version in reversed(engine_versions(knowledge, engine)):
+        blockers = version_blockers(knowledge, engine, version, compute_capability, driver, cuda)
+        if not blockers:
+            why = "; ".join("%s: %s" % (v, ", ".join(r)) for v, r in skipped.items())
+            what = "kernels run on CC %s" % compute_capability
+            if driver or cuda:
+                what += " and whose CUDA %s image %s runs" % (
+                    knowledge["engines"][engine][version]["cuda"], "driver %s" % driver if driver else "a CUDA %s driver" % cuda)
+            return version, "newest %s whose %s%s" % (name, what, " (not %s)" % why if why else ""), skipped
+        skipped[version] = blockers
+    return None, "no %s runs on CC %s: %s" % (name, compute_capability, "; ".join(
+        "%s: %s" % (v, ", ".join(r)) for v, r in skipped.items())), skipped
 
 
 def min_driver_for_cuda(knowledge, cuda):
@@ -101,6 +165,14 @@ def _need(condition, where, what):
 def _is_version(text):
     try:
         version_tuple(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_engine_version(text):
+    try:
+        engine_version_key(text)
     except ValueError:
         return False
     return True
@@ -143,9 +215,13 @@ def _check_arch(table, cc, arch):
             _need(arch[engine]["fp8_kv_backends"], "%s.%s" % (where, engine), "fp8 KV cache needs fp8_kv_backends")
 
 
-def _check_engine_version(table, engine, version, entry):
+_HTTP_503 = ("waiting", "dead")
+_FORMULAS = ("reserve_for_graph", "reserve_tiers")
+
+
+def _check_engine_version(table, engine, version, entry, dump_dir=None):
     where = "engines.%s.%s" % (engine, version)
-    _need(_is_version(version) and isinstance(entry, dict), where, "key must be a version, value a mapping")
+    _need(_is_engine_version(version) and isinstance(entry, dict), where, "key must be a version, value a mapping")
     _need(isinstance((entry.get("image") or {}).get("repo"), str) and isinstance(entry["image"].get("tag"), str),
           where, "image needs repo and tag")
     _need(entry.get("cuda") in table["cuda_driver_minimums"], where, "cuda must be listed in cuda_driver_minimums")
@@ -153,30 +229,68 @@ def _check_engine_version(table, engine, version, entry):
     _need(isinstance(entry.get("entrypoint"), list) and entry["entrypoint"], where, "entrypoint must be a list")
     _need(entry.get("model_arg") in ("flag", "positional"), where, "model_arg must be flag or positional")
     _need(isinstance(entry.get("flag_dump"), str), where, "needs flag_dump")
-    _need(all(isinstance(c, int) for c in entry.get("kernel_cubins") or [None]), where, "kernel_cubins: integers")
-    _need(entry.get("api_key", {}).get("via") in ("env", "config_file"), where, "api_key.via: env or config_file")
+    if dump_dir is not None:   # a version without its dump cannot be planned or checked
+        _need(os.path.isfile(os.path.join(dump_dir, entry["flag_dump"])), where,
+              "flag_dump %s is missing from %s: make it with scripts/ (docs/planning.md, adding a version)"
+              % (entry["flag_dump"], dump_dir))
+    _need(isinstance(entry.get("kernel_package"), str), where, "needs kernel_package")
+    _need(isinstance(entry.get("kernel_cubins"), list) and entry["kernel_cubins"]
+          and all(isinstance(c, int) for c in entry["kernel_cubins"]), where, "kernel_cubins: a list of integers")
+    api_key = entry.get("api_key") or {}
+    _need(api_key.get("via") in ("env", "config_file", "unsupported"), where,
+          "api_key.via: env, config_file or unsupported")
+    _need(api_key["via"] != "unsupported" or isinstance(api_key.get("reason"), str), where,
+          "api_key.via unsupported needs a reason")
     flags = entry.get("flags") or {}
     for key in ("host", "port", "served_name", "tp", "dtype", "quantization", "kv_cache_dtype", "attention",
                 "memory_fraction", "context_length", "max_running_requests", "api_key"):
         _need(isinstance(flags.get(key), str), where, "flags.%s must name a flag" % key)
     _need((flags.get("model") is None) == (entry["model_arg"] == "positional"), where,
           "flags.model must be set exactly when model_arg is flag")
+    _need(api_key["via"] != "config_file" or isinstance(flags.get("config_file"), str), where,
+          "api_key via config_file needs flags.config_file")
     _need(isinstance(entry.get("cuda_graph_off"), dict), where, "cuda_graph_off must map flags to values")
+    phases = entry.get("cuda_graph_phases")
+    _need(isinstance(phases, list) and set(phases) <= {"decode", "prefill"}, where,
+          "cuda_graph_phases must list decode and/or prefill")
     _need(isinstance(entry.get("fp8_kv_cache_dtype"), str), where, "needs fp8_kv_cache_dtype")
     spec = entry.get("speculative") or {}
     _need(spec.get("style") in ("flags", "json") and isinstance(spec.get("algorithms"), dict), where,
           "speculative needs style (flags|json) and algorithms")
+    spec_flags, values = spec.get("flags") or {}, spec.get("values")
+    _need(isinstance(values, dict), where, "speculative.values must be a mapping")
+    if spec["style"] == "flags":
+        _need(all(isinstance(spec_flags.get(k), str) for k in ["algorithm", "draft_model"] + list(values)), where,
+              "speculative.flags must name algorithm, draft_model and a flag for every value")
+    else:
+        _need(isinstance(spec_flags.get("config"), str), where, "speculative.flags.config must name a flag")
+        _need(all(isinstance((spec.get("json_keys") or {}).get(k), str) for k in ("algorithm", "draft_model")),
+              where, "speculative.json_keys must name algorithm and draft_model")
+    http = entry.get("http") or {}
+    _need(str(http.get("health", "")).startswith("/") and http.get("health_503") in _HTTP_503, where,
+          "http needs health (a path) and health_503 (waiting|dead)")
+    _need(str((http.get("version") or {}).get("path", "")).startswith("/") and http["version"].get("key"), where,
+          "http.version needs path and key")
+    _need(isinstance(http.get("inflight_metrics"), list) and http["inflight_metrics"], where,
+          "http.inflight_metrics must list the running/queued gauges")
     memory = entry.get("memory") or {}
     _need(memory.get("fraction") in ("engine_formula", "preset"), where, "memory.fraction: engine_formula|preset")
     _need(isinstance(memory.get("activation_reserve_mib"), (int, float)), where, "memory.activation_reserve_mib")
     if memory["fraction"] == "engine_formula":
+        _need(memory.get("formula") in _FORMULAS, where, "memory.formula: %s" % "|".join(_FORMULAS))
         _need(isinstance(memory.get("tiers"), list) and memory["tiers"][-1]["below_mib"] is None, where,
               "memory.tiers must end with below_mib: null")
+        if memory["formula"] == "reserve_tiers":
+            _need(isinstance(memory.get("reserve_tiers"), list) and memory["reserve_tiers"][-1]["below_mib"] is None,
+                  where, "memory.reserve_tiers must end with below_mib: null")
     for key in ("removed_flags", "deprecated_flags"):
         _need(isinstance(entry.get(key), dict), where, "%s must be a mapping" % key)
     for flag, info in entry["removed_flags"].items():
         _need(flag.startswith("--") and isinstance(info, dict) and info.get("replacement"), where,
               "removed_flags.%s needs a replacement" % flag)
+    for cc, changes in (entry.get("archs") or {}).items():
+        _need(cc in table["archs"] and table["archs"][cc]["supported"] and isinstance(changes, dict),
+              "%s.archs.%s" % (where, cc), "must be a supported CC of archs with a mapping of changes")
 
 
 def _check_preset(table, name, preset):
@@ -195,8 +309,9 @@ def _check_preset(table, name, preset):
           "needs description and replaces")
 
 
-def validate(table, source="knowledge table"):
-    """Raise KnowledgeError naming the first key that is missing or malformed."""
+def validate(table, source="knowledge table", dump_dir=None):
+    """Raise KnowledgeError naming the first key that is missing or malformed. With `dump_dir`,
+    every version's flag_dump file must exist there."""
     _need(isinstance(table, dict), source, "must be a mapping")
     _need(table.get("schema_version") == SCHEMA_VERSION, source,
           "schema_version must be %d (got %r)" % (SCHEMA_VERSION, table.get("schema_version")))
@@ -212,11 +327,20 @@ def validate(table, source="knowledge table"):
     for engine, versions in table["engines"].items():
         _need(isinstance(versions, dict) and versions, "engines.%s" % engine, "needs at least one version")
         for version, entry in versions.items():
-            _check_engine_version(table, engine, version, entry)
+            _check_engine_version(table, engine, version, entry, dump_dir)
         _need(table["default_versions"].get(engine) in versions, "default_versions.%s" % engine,
               "must be one of the listed versions")
     for cc, arch in table["archs"].items():
         _check_arch(table, cc, arch)
+    # The shared arch entries as each version changes them must still make sense.
+    for engine, versions in table["engines"].items():
+        for version, entry in versions.items():
+            for cc in entry.get("archs") or {}:
+                merged = arch_engine(table, cc, engine, version)
+                _check_arch_engine(merged, "engines.%s.%s.archs.%s" % (engine, version, cc), engine)
+                if table["archs"][cc]["fp8_kv_cache"]:
+                    _need(merged["fp8_kv_backends"], "engines.%s.%s.archs.%s" % (engine, version, cc),
+                          "fp8 KV cache needs fp8_kv_backends")
     for name, preset in table["presets"].items():
         _check_preset(table, name, preset)
     _need(isinstance(table.get("min_context_tokens"), int) and table["min_context_tokens"] > 0, source,

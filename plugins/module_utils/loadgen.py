@@ -80,7 +80,7 @@ def run_level(send, concurrency, requests, timeout_s, clock=time.monotonic):
             with lock:
                 samples.append(sample)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(concurrency, requests))]
+    threads = [threading.Thread(target=worker, daemon=True) for _worker in range(min(concurrency, requests))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -306,7 +306,7 @@ def build_facts(gpus, versions, nvlink, path, kernel_module, mig=None):
     kinds = set((g["name"], g["memory_mib"], g["compute_capability"]) for g in gpus)
     driver = gpus[0]["driver_version"]
     facts = _facts(HEALTHY, "%d x %s, driver %s, CUDA %s" % (len(gpus), lowest["name"], driver,
-                                                               versions["cuda_version"]), path, kernel_module)
+                                                             versions["cuda_version"]), path, kernel_module)
     facts.update({
         "driver_version": driver,
         "cuda_version": versions["cuda_version"],

@@ -47,7 +47,7 @@ def loaded_weight_files(sizes, index=None):
 
 def weights_bytes(sizes, index=None):
     """Bytes of the weight files the engines load (None when there are none)."""
-    files, _ = loaded_weight_files(sizes, index)
+    files, _format = loaded_weight_files(sizes, index)
     return sum(sizes[name] for name in files) if files else None
 
 

@@ -18,7 +18,7 @@ description:
     (output tokens/s and median TTFT against concurrency, one line per engine).
   - "Meant for the controller (C(delegate_to: localhost)); needs no plotting library."
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: none
@@ -28,12 +28,12 @@ attributes:
     description: Returns no diff.
   idempotent:
     support: full
-    description: The same results write the same files; RV(changed) only when a file's content changes.
+    description: The same results write the same files; C(changed) only when a file's content changes.
 options:
   results:
     description:
-      - One entry per engine - C(group), C(host), C(container), C(engine) and C(levels) (the RV(levels)
-        of C(gpufleet.serving.engine_benchmark)).
+      - One entry per engine - C(group), C(host), C(container), C(engine) and C(levels) (the RV(gpufleet.serving.engine_benchmark#module:levels)
+        return value).
     type: list
     elements: dict
     required: true

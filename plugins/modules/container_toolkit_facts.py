@@ -17,7 +17,7 @@ description:
     installed and held, the text of C(daemon.json) and of the CDI spec, and whether a GPU device node exists.
   - Never changes the host. The decisions are made by the C(gpufleet.serving.toolkit_plan) filter.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
   - gpufleet.serving.read_only_facts
 attributes:

@@ -19,7 +19,7 @@ description:
   - Runs inside the controller's own process (an action plugin), so a report written on every run, such as
     the Prometheus file_sd targets of the fleet, costs no Python process start. Use it with C(run_once).
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   action:
     support: full

@@ -23,7 +23,7 @@ description:
   - Model snapshots are fingerprinted by file names, sizes and modification times (no content is
     read); files by sha256; containers by id, image, running state and restart count.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: full

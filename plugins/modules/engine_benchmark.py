@@ -20,7 +20,7 @@ description:
   - Run it on the engine's host against C(127.0.0.1), so the network between the controller and the
     host is not measured.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: none
@@ -30,7 +30,7 @@ attributes:
     description: Returns no diff.
   idempotent:
     support: full
-    description: Changes nothing on the server; RV(changed) is always V(false).
+    description: Changes nothing on the server; C(changed) is always V(false).
 options:
   url:
     description: Base URL of the server, without a path.
@@ -120,7 +120,7 @@ def main():
             api_key=dict(type="str", no_log=True),
             concurrency=dict(type="list", elements="int", default=[1, 5, 10, 20]),
             requests=dict(type="int", default=20),
-            max_tokens=dict(type="int", default=32),
+            max_tokens=dict(type="int", default=32, no_log=False),  # a token count, not a secret
             prompt=dict(type="str", default="Write one short sentence about GPUs."),
             request_timeout=dict(type="float", default=60),
             level_timeout=dict(type="float", default=300),

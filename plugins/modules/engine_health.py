@@ -85,6 +85,13 @@ options:
         for a vision-language model; the gate fails when the engine refuses it or answers with no token.
     type: bool
     default: false
+  endpoints:
+    description:
+      - The engine version's readiness, version and load endpoints, as the launch plan carries them (C(engine_plan.http),
+        from the knowledge table's C(engines.<engine>.<version>.http)) - C(health), C(health_503) (V(waiting) or
+        V(dead)), C(version) (C(path), C(key)), C(inflight_metrics).
+      - Unset - those of the newest version of O(engine) in the table.
+    type: dict
   container_name:
     description:
       - Name of the engine's container on the managed host, used to stop waiting when it exited and
@@ -243,8 +250,10 @@ def probe(params, docker=None):
         result["diagnosis"] = diagnosis
         return False, result, engine_http.redact(msg, [key])
 
+    endpoints = params.get("endpoints")
     ready, elapsed, last_probe, stop = engine_http.wait_ready(
-        url, engine, params["timeout"], params["interval"], stop_check=(lambda: _stopped(docker)) if docker else None)
+        url, engine, params["timeout"], params["interval"], stop_check=(lambda: _stopped(docker)) if docker else None,
+        endpoints=endpoints)
     if not ready:
         if stop:
             return fail("%s stopped waiting after %.1fs: %s" % (engine, elapsed, stop), last_probe, with_log=True)
@@ -258,7 +267,7 @@ def probe(params, docker=None):
         missing = [name for name in wanted if name not in result["models"]]
         if missing:
             return fail("/v1/models does not list %s; the server lists %s" % (missing, result["models"]), last_probe)
-        result["engine_version"] = engine_http.engine_version(url, engine, key)
+        result["engine_version"] = engine_http.engine_version(url, engine, key, endpoints=endpoints)
         if params["smoke_prompt"]:
             model = params["served_model_name"] or (result["models"] or [None])[0]
             smoke = engine_http.smoke_chat(url, model, params["smoke_prompt"], params["max_tokens"], key)
@@ -293,6 +302,7 @@ def main():
             max_tokens=dict(type="int", default=32),
             container_name=dict(type="str"),
             image_check=dict(type="bool", default=False),
+            endpoints=dict(type="dict"),
         ),
         supports_check_mode=True,
     )

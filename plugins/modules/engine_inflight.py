@@ -31,7 +31,7 @@ attributes:
     description: Returns no diff.
   idempotent:
     support: full
-    description: Only reads; RV(changed) is always V(false).
+    description: Only reads; C(changed) is always V(false).
 options:
   url:
     description: Base URL of the engine.

@@ -33,7 +33,7 @@ description:
     of its last successful run has the same inputs (see M(gpufleet.serving.converge_stamp)).
   - Run it with C(run_once) - it covers the hosts of the play itself.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   action:
     support: full

@@ -34,7 +34,7 @@ attributes:
     description: Returns no diff.
   idempotent:
     support: full
-    description: A worker already registered (or already gone) is left alone; RV(changed) says whether a call changed the list.
+    description: A worker already registered (or already gone) is left alone; C(changed) says whether a call changed the list.
 options:
   url:
     description: Base URL of the router.

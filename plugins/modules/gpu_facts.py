@@ -26,7 +26,7 @@ description:
     O(required=true); its state is reported in RV(ansible_facts.gpufleet_gpu.state).
   - Never changes the host.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
   - gpufleet.serving.read_only_facts
 attributes:

@@ -183,7 +183,7 @@ notes:
     own before checking them, and a file another run delivers meanwhile is never recorded unchecked.
 
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 """
 
 EXAMPLES = r"""
@@ -248,7 +248,8 @@ weights_bytes:
     - Size of the weight files the engines load - top-level safetensors (only those the
       C(model.safetensors.index.json) names, when there is one), else C(*.bin), else C(*.pt); never
       C(original/*.pth) or other copies. V(null) when the snapshot has none.
-  returned: when O(state=present) or O(state=adopted)
+    - With O(state=resolved), from the hub's file sizes and the safetensors index at RV(commit_sha).
+  returned: always
   type: int
   sample: 3454840
 files:
@@ -256,6 +257,17 @@ files:
   returned: always
   type: int
   sample: 7
+config:
+  description:
+    - The model's C(config.json) at RV(commit_sha), parsed. The preflight role plans every host's launch
+      from it before any host changes. V(null) when the files selected include no C(config.json), or the
+      repo is gated and no O(token) is given.
+  returned: when O(state=resolved)
+  type: dict
+  sample:
+    architectures: [Qwen2ForCausalLM]
+    hidden_size: 896
+    num_attention_heads: 14
 gated:
   description: Whether the repo is gated (needs a token).
   returned: when O(state=resolved)
@@ -314,9 +326,11 @@ manifest:
   type: dict
 """
 
+import json
 import os
 import platform
 import shutil
+import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -324,7 +338,9 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot, weight_files
 
 try:
-    from huggingface_hub import HfApi, constants as hf_constants, file_download as hf_file_download, snapshot_download
+    from huggingface_hub import (
+        HfApi, constants as hf_constants, file_download as hf_file_download, hf_hub_download, snapshot_download,
+    )
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import disable_progress_bars, filter_repo_objects
     from huggingface_hub.utils._http import default_client_factory, set_client_factory
@@ -423,6 +439,29 @@ class HfModel:
             self.fail(f"{self.endpoint} listed file names outside the snapshot dir: {unsafe}")
         return {n: e for n, e in hf_snapshot.expected_files(info.siblings).items() if n in names}
 
+    def planning_files(self, sha, expected, gated):
+        """config.json and the safetensors index at `sha`, parsed (None when not selected or the repo is
+        gated without a token): preflight plans every host from them before any host changes. Read
+        into a temporary dir that is removed at once; the host's shared HF cache is never touched."""
+        wanted = [name for name in ("config.json", weight_files.INDEX) if name in expected]
+        if not wanted or (gated and not self.token):
+            return None, None
+        parsed = {}
+        with tempfile.TemporaryDirectory(prefix="gpufleet-plan-") as scratch:
+            for name in wanted:
+                try:
+                    path = hf_hub_download(
+                        self.repo_id, name, revision=sha, local_dir=scratch,
+                        cache_dir=os.path.join(scratch, ".hf-cache"), endpoint=self.endpoint,
+                        token=self.token, library_name=LIBRARY, etag_timeout=self.timeout)
+                    with open(path, encoding="utf-8") as handle:
+                        parsed[name] = json.load(handle)
+                except ValueError as err:
+                    self.fail(f"{self.repo_id}@{sha}: {name} is not valid JSON: {err}")
+                except Exception as err:  # every client error becomes one clear message
+                    self.fail(self.describe(err), details=str(err))
+        return parsed.get("config.json"), parsed.get(weight_files.INDEX)
+
     def check_disk(self, needed):
         probe = self.path
         while not os.path.exists(probe):
@@ -485,8 +524,12 @@ class HfModel:
         sha = info.sha
         expected = self.select(info)
         if self.module.params["state"] == "resolved":
+            config, index = self.planning_files(sha, expected, info.gated)
             self.module.exit_json(changed=False, commit_sha=sha, revision=self.revision, gated=bool(info.gated),
-                                  bytes=sum(e["size"] for e in expected.values()), files=len(expected))
+                                  bytes=sum(e["size"] for e in expected.values()), files=len(expected),
+                                  config=config,
+                                  weights_bytes=weight_files.weights_bytes(
+                                      {rel: f["size"] for rel, f in expected.items()}, index))
         # Everything from reading the dir to writing its manifest is one locked step (check mode writes
         # nothing, not even the lock file, and takes no lock: its report may be out of date when another
         # run is writing, and the real run plans again under the lock).
@@ -608,6 +651,8 @@ class Adoption:
             except OSError as err:
                 self.fail(f"adopting the snapshot in {self.path} failed: {err}")
         changed = set_attributes(self.module, self.path, records, changed)
+        if not self.module.check_mode and not state["missing"]:
+            hf_snapshot.record_stat(self.path)  # verified just now, under the lock: no re-hash next run
         self.module.exit_json(
             changed=changed, path=self.path, commit_sha=manifest["commit_sha"], revision=self.revision,
             bytes=sum(r["size"] for r in records.values()), files=len(records),

@@ -19,7 +19,7 @@ description:
     install, the initramfs tool and other files that already configure NVIDIA's repository.
   - Never changes the host. The decisions are made by the C(gpufleet.serving.driver_plan) filter.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 extends_documentation_fragment:
   - gpufleet.serving.read_only_facts
 attributes:
@@ -32,10 +32,10 @@ options:
     type: path
   repo_url:
     description: URL of NVIDIA's repository; files under C(/etc/apt/sources.list.d) or C(/etc/yum.repos.d)
-      other than the role's own that mention it (a prefix is enough) are listed in RV(ansible_facts.gpufleet_driver_host.repo_files).
+      other than the role's own that mention it (a prefix is enough) are listed in C(ansible_facts.gpufleet_driver_host.repo_files).
     type: str
   own_repo_files:
-    description: The role's own repository files, left out of RV(ansible_facts.gpufleet_driver_host.repo_files).
+    description: The role's own repository files, left out of C(ansible_facts.gpufleet_driver_host.repo_files).
     type: list
     elements: path
     default: []

@@ -26,7 +26,7 @@ description:
     C(ansible-playbook) process every task of a run shares. Each state is one module call on the host (a second
     one only to take over the lock of a dead run of the same controller, which only the controller can tell).
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   action:
     support: full

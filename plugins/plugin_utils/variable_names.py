@@ -31,13 +31,15 @@ RUNTIME_NAMES = frozenset((
     # the run lock (roles/preflight/tasks/lock.yml)
     "gpufleet_run_lock",
     # preflight (roles/preflight/tasks/main.yml)
-    "preflight_inputs", "preflight_models", "preflight_digests", "preflight_converge",
+    "preflight_inputs", "preflight_models", "preflight_digests", "preflight_converge", "preflight_plan_hosts",
+    "gpufleet_model_plans", "engine_preflight_plan_errors",
     # nvidia_driver
     "nvidia_driver_plan", "nvidia_driver_check", "nvidia_driver_packages", "nvidia_driver_blacklist",
     "nvidia_driver_activation",
     # container_toolkit
     "container_toolkit_plan", "container_toolkit_daemon_json", "container_toolkit_gpu_check_plan",
-    "container_toolkit_gpu_run",
+    "container_toolkit_gpu_run", "container_toolkit_running", "container_toolkit_runtime_registered",
+    "container_toolkit_daemon_written", "container_toolkit_docker_changed", "container_toolkit_config_changes",
     # model_fetch
     "model_fetch_result", "model_fetch_snapshots", "model_fetch_snapshot_results", "model_fetch_fleet_wants",
     "model_fetch_lacking", "model_fetch_seed_adopted", "model_fetch_seed_fetched",
@@ -48,6 +50,9 @@ RUNTIME_NAMES = frozenset((
     "engine_left", "engine_model_config", "engine_replaced", "engine_restored", "engine_rollback",
     "engine_rollback_health", "engine_secrets_file", "engine_bench_host", "engine_bench_report",
     "engine_bench_runs", "engine_benchmark",
+    # engine rollout (batch gate, reachability probe, swap repair; model_on_host.yml when run alone)
+    "engine_batch", "engine_reach", "engine_repaired", "gpufleet_rollout_stopped", "engine_snapshots",
+    "engine_manifests", "engine_indexes", "gpufleet_docker_config_pending",
     # dcgm_exporter
     "dcgm_exporter_deployed", "dcgm_exporter_container", "dcgm_exporter_metrics",
     # gateway (its hosts' facts, read by the engine role and the reports)

@@ -12,7 +12,7 @@ RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\
 
 def lab_is_up():
     res = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", "gpufleet-lab-hopper-1"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     return res.returncode == 0 and res.stdout.strip() == "running"
 
 
@@ -27,7 +27,7 @@ def ansible_env(**extra):
 def run_playbook(playbook, *args, **env):
     """Runs ansible-playbook against the lab inventory; returns (returncode, output, recap by host)."""
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), playbook, "-i", "inventories/lab", *args]
-    res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(**env), capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(**env), capture_output=True, text=True, check=False)
     output = res.stdout + res.stderr
     recap = {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)),
                           "unreachable": int(m.group(4)), "failed": int(m.group(5))}
@@ -52,12 +52,12 @@ def task_msg(output, task):
 def host_exec(host, script):
     """Runs a shell script inside a lab host (as root) and returns the completed process."""
     return subprocess.run(["docker", "exec", f"gpufleet-lab-{host}", "bash", "-c", script],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
 
 
 def labctl(fleet_file, command):
     return subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO_ROOT, "lab", "labctl.py"), command,
-                           "--fleet", fleet_file], cwd=REPO_ROOT, capture_output=True, text=True)
+                           "--fleet", fleet_file], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
 
 
 def fresh_fleet(fleet_file, name):
@@ -86,7 +86,7 @@ def run_losing_host_at_pause(cmd, container):
     iptables call, or None when no pause came)."""
     def block(verb):
         return subprocess.run(["docker", "exec", container, "bash", "-c", SSH_RESET % verb], capture_output=True,
-                              text=True)
+                              text=True, check=False)
 
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ansible_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

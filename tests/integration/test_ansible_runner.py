@@ -47,7 +47,7 @@ def labctl(command):
 
 
 def hx(host, script):
-    return subprocess.run(["docker", "exec", PREFIX + host, "bash", "-c", script], capture_output=True, text=True)
+    return subprocess.run(["docker", "exec", PREFIX + host, "bash", "-c", script], capture_output=True, text=True, check=False)
 
 
 def write_private(path, data, mode=0o600):
@@ -158,7 +158,7 @@ def engine_started_at(host):
 def files_with(root, text):
     """Every regular file under root (recursively, links not followed) whose bytes contain text."""
     found = []
-    for dirpath, _, names in os.walk(root):
+    for dirpath, _unused, names in os.walk(root):
         for name in names:
             path = os.path.join(dirpath, name)
             if os.path.islink(path) or not os.path.isfile(path):   # SSH control sockets, the project link

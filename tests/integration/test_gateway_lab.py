@@ -3,7 +3,8 @@
 completions goes through the gateway.
 
 The tests share the lab (no fleet of their own) and run in file order; each leaves every host serving and
-converged, on the stand-in image it had (gpufleet/engine-standin:0.1.0), as the other lab tests expect.
+converged, on the image it had (its engine version's image from the knowledge table, which lab/labctl.py
+tags the stand-in as), as the other lab tests expect.
 """
 import json
 import re
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.lab
 
 GATEWAY = "http://172.28.10.20:30080"
 MODEL = "tiny-qwen2"
-IMAGE = "gpufleet/engine-standin:0.1.0"
+LAB_IMAGES = {}  # host -> the image the lab runs there (the table's, for its engine version): set by `converged`
 CANARY = "turing-1"  # first in inventory order
 RATE = 10  # requests per second through the gateway, streamed
 NO_ARCHIVE = '{"engine_image_archive": null}'
@@ -36,7 +37,7 @@ def engine_image(host):
 
 def tag_everywhere(tag):
     for host in LAB_HOSTS:
-        assert host_exec(host, "docker tag %s %s" % (IMAGE, tag)).returncode == 0
+        assert host_exec(host, "docker tag %s %s" % (LAB_IMAGES[host], tag)).returncode == 0
 
 
 def steady_load():
@@ -72,9 +73,10 @@ def converged(lab):
     rc, output, _ = run_playbook("site.yml")
     assert rc == 0, output[-4000:]
     assert_all_ready()
+    LAB_IMAGES.update((h, engine_image(h)[0]) for h in LAB_HOSTS)
     yield
     # Whatever a failed test left: every host back on the lab's image, serving, converged.
-    rc, output, _ = run_playbook("site.yml", "-e", "engine_image=" + IMAGE)
+    rc, output, _ = run_playbook("site.yml")
     assert rc == 0, output[-4000:]
 
 
@@ -118,7 +120,7 @@ def test_a_full_rollout_through_the_gateway_drops_no_request(converged):
 
 def test_a_failed_canary_is_drained_rolled_back_and_back_in_rotation(converged):
     made = host_exec(CANARY, "docker create --name mk %s >/dev/null && docker commit --change "
-                             "'ENV PYTHONPATH=/opt/engine-missing' mk gpufleet/engine-standin:0.2.0 && docker rm mk" % IMAGE)
+                             "'ENV PYTHONPATH=/opt/engine-missing' mk gpufleet/engine-standin:0.2.0 && docker rm mk" % LAB_IMAGES[CANARY])
     assert made.returncode == 0, made.stderr
     before = {h: engine_image(h) for h in LAB_HOSTS}
     rc, output, recap, samples = run_under_load("-e", "engine_image=gpufleet/engine-standin:0.2.0", "-e", NO_ARCHIVE)
@@ -135,26 +137,26 @@ def test_a_failed_canary_is_drained_rolled_back_and_back_in_rotation(converged):
 def test_a_host_lost_mid_rollout_leaves_the_rest_serving(converged):
     """Back to the lab's image (the hosts run 0.1.1 since the full rollout above), with a pause after the
     canary; during it, a host of the next batch (two hosts) stops answering SSH. The rollout goes on without
-    it (rollout_max_fail_percentage) and the gateway keeps serving from every engine that runs; the next
+    it (rollout_max_fail_percentage: the gate counts unreachable hosts too) and the gateway keeps serving from every engine that runs; the next
     test's run repairs the lost host. (A batch whose every host is lost ends the whole playbook in Ansible:
     issue 16.)"""
     lost = "blackwell-1"  # second in inventory order: in the first batch after the canary
     before = engine_image(lost)
-    target = IMAGE
-    assert before[0] != target
-    cmd = [VENV_BIN + "/ansible-playbook", "site.yml", "-i", "inventories/lab", "-e", "engine_image=" + target,
-           "-e", NO_ARCHIVE, "-e", "rollout_max_fail_percentage=30", "-e", "rollout_pause_between_batches=true",
+    assert before[0] != LAB_IMAGES[lost]
+    cmd = [VENV_BIN + "/ansible-playbook", "site.yml", "-i", "inventories/lab",
+           "-e", NO_ARCHIVE, "-e", "rollout_max_fail_percentage=50", "-e", "rollout_pause_between_batches=true",
            "-e", "rollout_pause_seconds=3", "-e", "rollout_batch_size=2"]
     load = steady_load()
     rc, output, blocked = run_losing_host_at_pause(cmd, "gpufleet-lab-" + lost)
     stats = loadgen.window_stats(load.stop())
     assert blocked is not None and blocked.returncode == 0, output[-3000:]
-    assert rc == 4, output[-4000:]  # some host was unreachable
+    # 1 of 2 hosts of the batch lost is not more than 50 %: the rollout goes on, and the run still fails.
+    assert rc != 0 and "Rollout stopped" not in output, output[-4000:]
     assert stats["failed"] == 0, stats
     assert engine_image(lost) == before, output[-4000:]  # never reached
     for host in LAB_HOSTS:
         if host != lost:
-            assert engine_image(host)[0] == target, output[-4000:]
+            assert engine_image(host)[0] == LAB_IMAGES[host], output[-4000:]
     assert_all_ready()  # the lost host's engine still runs and still serves through the gateway
 
 
@@ -173,7 +175,7 @@ def test_the_next_run_repairs_the_lost_host_and_the_worker_list(converged):
     path), and a no-op run changes nothing."""
     rc, output, recap = run_playbook("site.yml")
     assert rc == 0, output[-4000:]
-    assert all(engine_image(h)[0] == IMAGE for h in LAB_HOSTS)
+    assert all(engine_image(h)[0] == LAB_IMAGES[h] for h in LAB_HOSTS)
     assert_all_ready()
 
     assert host_exec("gateway-1", "docker restart gpufleet-gateway").returncode == 0

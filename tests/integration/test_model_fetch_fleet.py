@@ -42,11 +42,11 @@ PLAYBOOK = """
 
 
 def missing_prerequisite():
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
         return "no Docker engine"
     if shutil.which("rsync") is None:
         return "no rsync on the controller"
-    if subprocess.run(["docker", "image", "inspect", HOST_IMAGE], capture_output=True).returncode:
+    if subprocess.run(["docker", "image", "inspect", HOST_IMAGE], capture_output=True, check=False).returncode:
         return f"the lab images are not built (run `.venv/bin/python {os.path.relpath(LABCTL, REPO_ROOT)} up`)"
     return None
 
@@ -89,7 +89,7 @@ class Fleet:
             json.dump(variables, f)
         cmd = [os.path.join(VENV_BIN, "ansible-playbook"), self.playbook,
                "-i", os.path.join(self.state, "inventory"), "-e", "@" + vars_file, *args]
-        res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True, timeout=300)
+        res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True, timeout=300, check=False)
         output = res.stdout + res.stderr
         recap = {m.group(1): {"changed": int(m.group(3)), "failed": int(m.group(5))}
                  for m in RECAP_LINE.finditer(output)}
@@ -97,7 +97,7 @@ class Fleet:
 
     def sh(self, host, script, check=True):
         res = subprocess.run(["docker", "exec", f"gpufleet-{self.name}-{host}", "bash", "-c", script],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
         if check:
             assert res.returncode == 0, res.stderr
         return res
@@ -146,7 +146,7 @@ def fleet(tmp_path_factory):
             pytest.fail(f"cannot bring up the fetch1 lab fleet: {problem}")
         pytest.skip(f"cannot bring up the fetch1 lab fleet: {problem}")
     up = subprocess.run([sys.executable, LABCTL, "up", "--fleet", FLEET_FILE], cwd=REPO_ROOT,
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, check=False)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         fleet = Fleet(str(tmp_path_factory.mktemp("fetch1")))
@@ -154,7 +154,7 @@ def fleet(tmp_path_factory):
         fleet.reset()
         yield fleet
     finally:
-        subprocess.run([sys.executable, LABCTL, "down", "--fleet", FLEET_FILE], cwd=REPO_ROOT, capture_output=True)
+        subprocess.run([sys.executable, LABCTL, "down", "--fleet", FLEET_FILE], cwd=REPO_ROOT, capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")

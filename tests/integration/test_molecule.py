@@ -12,7 +12,7 @@ pytestmark = pytest.mark.lab
 
 def test_molecule_default_scenario(lab):
     res = subprocess.run([os.path.join(REPO_ROOT, ".venv", "bin", "molecule"), "test", "-s", "default"],
-                         cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True)
+                         cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True, check=False)
     output = re.sub(r"\x1b\[[0-9;]*m", "", res.stdout + res.stderr)
     assert res.returncode == 0, output[-6000:]
     # Molecule exits non-zero when any step fails, idempotence (a second converge with changes) included.

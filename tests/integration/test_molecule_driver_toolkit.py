@@ -22,7 +22,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def molecule_test(scenario):
     res = subprocess.run([os.path.join(REPO_ROOT, ".venv", "bin", "molecule"), "test", "-s", scenario],
-                         cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True)
+                         cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True, check=False)
     return res.returncode, ANSI.sub("", res.stdout + res.stderr)
 
 
@@ -49,7 +49,7 @@ def test_debian12_archive_resolves_the_distro_plan(lab, open_modules):
     script = "apt-get update -qq && apt-get install --simulate --no-install-recommends %s" % " ".join(
         "'%s'" % p for p in packages)
     res = subprocess.run(["docker", "run", "--rm", "--name", name, LAB_HOST_IMAGE, "bash", "-c", script],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     installs = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("Inst ")]
     kmod = "nvidia-open-kernel-dkms" if open_modules else "nvidia-kernel-dkms"

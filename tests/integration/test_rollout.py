@@ -8,15 +8,21 @@ one on a two-GPU host.
 The tests run in file order and share the fleet: each starts from the state the previous one left.
 """
 import csv
+import datetime
 import json
 import os
+import re
 import secrets
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 import lab
 from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import knowledge
 
 pytestmark = pytest.mark.lab
 
@@ -218,7 +224,7 @@ def test_missing_image_on_the_canary_stops_the_rollout_before_any_change(fleet, 
     assert recap[CANARY]["failed"] == 1 and recap[other]["failed"] == 0
     rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
     assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "FAILED", rows
-    assert "not reached" in rows[other] and rows[other].split()[-1] == "-", rows
+    assert "not reached" in rows[other] and rows[other].split()[-1] == "NOT-ROLLED-OUT", rows   # the stop left it
     assert "does-not-exist" in output and "nothing was changed, now healthy" in output
 
 
@@ -226,16 +232,18 @@ def test_engine_crashing_at_start_on_the_canary_is_rolled_back(fleet, first_run)
     """A new image whose engine dies at start (here: its Python cannot import the server, as a broken
     build does) passes the planner, starts, and fails the health gate: the canary goes back to the
     very container it ran before, and the rollout stops there."""
-    made = hx(CANARY, "docker create --name mk gpufleet/engine-standin:0.1.0 >/dev/null && "
+    lab_image = engine(CANARY)[2]                          # the table's image of its engine version
+    made = hx(CANARY, "docker create --name mk %s >/dev/null && "
                       "docker commit --change 'ENV PYTHONPATH=/opt/engine-missing' mk gpufleet/engine-standin:0.2.0 && "
-                      "docker rm mk")
+                      "docker rm mk" % lab_image)
     assert made.returncode == 0, made.stderr
     before = {h: engine(h) for h in HOSTS}
     rc, output, recap = run(fleet, "site.yml", *FAST, "-e", "engine_image=gpufleet/engine-standin:0.2.0",
                             "-e", '{"engine_image_archive": null}')
+    fleet["crash_run"] = (rc, output, before)               # test_a_failed_canary_still_ends_with_... reads it
     assert rc != 0
     restored = engine(CANARY)
-    assert restored[0] == before[CANARY][0] and restored[2] == "gpufleet/engine-standin:0.1.0" and restored[3]
+    assert restored[0] == before[CANARY][0] and restored[2] == lab_image and restored[3]
     assert restored[1] != before[CANARY][1]                 # it was stopped for the new one, then started again
     assert set(containers(CANARY)) == {"gpufleet-engine"}   # the failed one removed, no -previous left
     status, body = http(CANARY, "/v1/models", KEY)
@@ -245,7 +253,7 @@ def test_engine_crashing_at_start_on_the_canary_is_rolled_back(fleet, first_run)
     rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
     assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "ROLLED-BACK", rows
     assert "No module named 'sglang'" in output
-    assert "rolled back to the previous container (gpufleet-engine: gpufleet/engine-standin:0.1.0), now healthy" in output
+    assert "rolled back to the previous container (gpufleet-engine: %s), now healthy" % lab_image in output
 
 
 def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
@@ -260,9 +268,12 @@ def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
            "-e", "rollout_pause_between_batches=true", "-e", "rollout_pause_seconds=4"]
     rc, output, blocked = lab.run_losing_host_at_pause(cmd, PREFIX + lost)
     assert blocked is not None and blocked.returncode == 0, output[-3000:]
-    assert rc == 4, output[-4000:]                         # 4: some host was unreachable
+    # 2, not 4: the rollout's probe found the host lost (no task of the run is unreachable on it), and the outcome
+    # play fails it once the report, the targets and the locks are done.
+    assert rc == 2, output[-4000:]
     recap = recap_of(output)
-    assert recap[lost]["unreachable"] == 1
+    assert recap[lost]["unreachable"] == 0 and recap[lost]["failed"] == 1, recap
+    assert "fatal: [%s]: FAILED!" % lost in output, output[-3000:]
     assert all(recap[h]["failed"] == 0 and recap[h]["unreachable"] == 0 for h in HOSTS if h != lost), recap
     rows = report_rows(output, "gpufleet.serving.engine : Report - every host")
     assert rows[lost].split()[-1] == "UNREACHABLE/FAILED", rows
@@ -312,3 +323,245 @@ def test_a_removed_api_key_leaves_no_key_on_the_host(fleet, first_run):
     rc, output, recap = run(fleet, "site.yml", "--limit", host)
     assert rc == 0, output[-4000:]
     assert http(host, "/v1/models")[0] == 401 and http(host, "/v1/models", KEY)[0] == 200
+
+
+def rollout_batches(output):
+    """[[hosts]] of each batch of the rollout play, in order (the canary first)."""
+    batches = []
+    for section in output.split("PLAY [Roll the engine out")[1:]:
+        section = section.split("\nPLAY [", 1)[0]
+        batches.append(sorted(set(re.findall(r"^(?:ok|changed|fatal): \[([^\]\s]+)", section, re.M))))
+    return batches
+
+
+def changed_tasks(output):
+    """[(task, host)] of every `changed: [host]` line of a run."""
+    found = []
+    for section in output.split("\nTASK [")[1:]:
+        task = section.split("]", 1)[0]
+        found += [(task, h) for h in re.findall(r"^changed: \[([^\]\s]+)", section, re.M)]
+    return found
+
+
+def test_engine_version_upgrade_of_a_group_is_a_normal_rollout(fleet, first_run):
+    """Issue 14: the vLLM group pinned in the inventory to an older engine version of the knowledge table,
+    then unpinned (default: the newest), is upgraded by an ordinary run: only its host is rolled out,
+    canary first, the report says before->after, and the engine - the stand-in tagged as that version's
+    image, checking that version's flags - reports the version the planner chose."""
+    host, group = "r-turing-1", "turing"                  # the rollout fleet's vLLM group
+    kn = knowledge.load_knowledge()
+    versions = sorted(knowledge.engine_versions(kn, "vllm"), key=knowledge.version_tuple)
+    assert len(versions) >= 2, "knowledge table %s has one vLLM version" % kn["table_version"]
+    old, newest = versions[-2:]                             # the previous release, and the default
+    image = {v: "%s:%s" % (kn["engines"]["vllm"][v]["image"]["repo"], kn["engines"]["vllm"][v]["image"]["tag"])
+             for v in (old, newest)}
+    # An inventory source of its own, read after hosts.yml (name order), so the inventory order stays as it was.
+    pin = os.path.join(INVENTORY, "pinned-engine-version.yml")
+    with open(pin, "w") as f:
+        f.write(json.dumps({"all": {"children": {"gpu_hosts": {"children": {group: {"vars": {"engine_version": old}}}}}}}))
+    try:
+        rc, output, recap = run(fleet, "site.yml", *FAST)   # also converges whatever earlier tests left
+    finally:
+        os.remove(pin)
+    assert rc == 0, output[-4000:]
+    assert engine(host)[2] == image[old] and json.loads(http(host, "/version")[1]) == {"version": old}
+    assert hx(host, "docker exec gpufleet-engine vllm --version").stdout.strip() == old
+
+    before = {h: engine(h) for h in HOSTS}
+    rc, output, recap = run(fleet, "site.yml", *FAST)
+    assert rc == 0, output[-4000:]
+    assert rollout_batches(output) == [[host]]            # the only host to change: the canary, alone
+    assert recap[host]["changed"] > 0, recap
+    # Elsewhere only the Prometheus file changed (its engine_version label; a run_once task, counted on the
+    # first host of the play).
+    assert {t for t, h in changed_tasks(output) if h != host} <= {
+        "gpufleet.serving.engine : The file_sd file lists every engine, gateway (and DCGM exporter) with host, "
+        "engine, model and GPU labels"}, changed_tasks(output)
+    rows = report_rows(output, "gpufleet.serving.engine : Report - every host")
+    assert "vllm-%s@" % old in rows[host] and "->vllm-%s@" % newest in rows[host], rows[host]
+    assert "healthy" in rows[host] and rows[host].split()[-1] == "updated", rows[host]
+    for other in HOSTS:
+        if other != host:
+            assert "->" not in rows[other] and rows[other].split()[-1] in ("unchanged", "-"), rows[other]
+            assert engine(other) == before[other]
+    assert engine(host)[2] == image[newest] and engine(host)[0] != before[host][0]
+    assert set(containers(host)) == {"gpufleet-engine"}  # the old version's container removed once healthy
+    assert json.loads(http(host, "/version")[1]) == {"version": newest}
+    assert hx(host, "docker exec gpufleet-engine vllm --version").stdout.strip() == newest
+
+
+def test_a_failed_canary_still_ends_with_the_report_targets_and_locks_given_back(fleet, first_run):
+    """The crashing canary's run above (no run of its own): the rollout stops, yet the closing plays run - the
+    report names the rolled-back canary and the hosts not rolled out, the Prometheus targets are written
+    with every host, the run locks are given back - and the run fails with the stop's message."""
+    if "crash_run" not in fleet:
+        pytest.skip("needs test_engine_crashing_at_start_on_the_canary_is_rolled_back's run")
+    rc, output, before = fleet["crash_run"]
+    assert rc == 2, output[-3000:]
+    rows = report_rows(output, "gpufleet.serving.engine : Report - every host")
+    assert rows[CANARY].split()[-1] == "ROLLED-BACK", rows
+    assert all(rows[h].split()[-1] == "NOT-ROLLED-OUT" for h in OTHERS), rows
+    stop = "Rollout stopped after batch %s: %s failed" % (CANARY, CANARY)
+    assert stop in lab.task_msg(output, "gpufleet.serving.engine : Report - every host")[-1]
+    assert "Not rolled out, left as they are: %s." % ", ".join(OTHERS) in output
+    assert "TASK [gpufleet.serving.engine : The file_sd file lists" in output
+    assert sorted({g["labels"]["host"] for g in json.loads((fleet["work"] / "file_sd.json").read_text())}) == sorted(HOSTS)
+    assert "TASK [gpufleet.serving.preflight : Give back the run lock]" in output
+    assert re.search(r"fatal: \[localhost\]: FAILED! =>\s+(?:changed: false\s+)?msg: '?Rollout stopped after batch",
+                     output), output[-3000:]
+
+
+def test_a_host_lost_alone_in_its_batch_stops_the_rollout_with_the_report(fleet, first_run):
+    """Batches of one host: the canary rolls out, then the next host stops answering SSH during the pause. Its
+    batch is lost whole (Ansible would end the playbook there): the rollout stops, the later hosts are left
+    as they are, and the report, the Prometheus targets (every host still listed) and the run's failure follow."""
+    lost, later = "r-l40s-1", ["r-l40s-2", "r-turing-1"]  # inventory order: the second batch, then the rest
+    before = {h: containers(h) for h in HOSTS}
+    targets_before = json.loads((fleet["work"] / "file_sd.json").read_text())
+    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", "@" + fleet["secrets"],
+           "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), "-e", "rollout_batch_size=1",
+           "-e", "engine_served_model_name=tiny-qwen2-c", "-e", "rollout_pause_between_batches=true",
+           "-e", "rollout_pause_seconds=2"]
+    rc, output, blocked = lab.run_losing_host_at_pause(cmd, PREFIX + lost)
+    assert blocked is not None and blocked.returncode == 0, output[-3000:]
+    assert rc == 2, output[-4000:]                         # the outcome play ran: Ansible did not end the playbook
+    assert re.search(r"fatal: \[localhost\]: FAILED! =>\s+(?:changed: false\s+)?msg: '?Rollout stopped after batch %s"
+                     % lost, output), output[-3000:]
+    rows = report_rows(output, "gpufleet.serving.engine : Report - every host")
+    assert rows[CANARY].split()[-1] == "updated" and "healthy" in rows[CANARY], rows
+    assert rows[lost].split()[-1] == "UNREACHABLE/FAILED", rows
+    assert all(rows[h].split()[-1] == "NOT-ROLLED-OUT" for h in later), rows
+    assert ("Rollout stopped after batch %s: %s unreachable" % (lost, lost)) in output
+    assert "Not rolled out, left as they are: %s." % ", ".join(later) in output
+    for host in [lost] + later:
+        assert containers(host) == before[host], "%s was touched" % host
+    status, body = http(CANARY, "/v1/models", KEY)
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2-c"
+    targets = json.loads((fleet["work"] / "file_sd.json").read_text())
+    assert [g for g in targets if g["labels"]["host"] != CANARY] == \
+        [g for g in targets_before if g["labels"]["host"] != CANARY]     # the lost and later hosts still monitored
+    assert {g["labels"]["host"] for g in targets} == set(HOSTS)
+
+
+def test_a_host_back_with_its_previous_container_running_converges_in_one_run(fleet, first_run):
+    """A controller killed mid-swap (or a reboot with the restart policy) leaves gpufleet-engine-previous
+    running, holding the engine's port: on one host with no gpufleet-engine beside it, on another beside
+    a gpufleet-engine that never started. One run makes the running container current again and
+    converges both (a new container would fail with "port is already allocated")."""
+    alone, beside = "r-l40s-2", "r-turing-1"
+    ids = {}
+    for host in (alone, beside):
+        ids[host] = engine(host)[0]
+        image = engine(host)[2]
+        assert hx(host, "docker rename gpufleet-engine gpufleet-engine-previous").returncode == 0
+        if host == beside:
+            made = hx(host, "docker create --name gpufleet-engine --label gpufleet.plan_hash=stale %s" % image)
+            assert made.returncode == 0, made.stderr
+    rc, output, recap = run(fleet, "site.yml", "--limit", "%s,%s" % (alone, beside))
+    assert rc == 0, output[-4000:]
+    for host in (alone, beside):
+        assert recap[host]["failed"] == 0 and recap[host]["changed"] > 0, recap
+        assert set(containers(host)) == {"gpufleet-engine"}, containers(host)
+        assert engine(host)[0] == ids[host] and engine(host)[3]   # the one that kept serving, not a new one
+        status, body = http(host, "/v1/models", KEY)
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
+    assert "port is already allocated" not in output
+
+
+
+def test_the_installed_collection_runs_rollout_alone_and_site_from_a_directory_of_its_own(fleet, first_run, tmp_path):
+    """Issue 15: the tarball `ansible-galaxy collection build` makes, installed (offline: its dependencies are the
+    ones the ansible package bundles) into an empty directory with the user's own ansible.cfg and inventory (the
+    rollout fleet's, copied): `gpufleet.serving.rollout` alone reads the model snapshot and the GPUs from the host
+    and rolls a change out; `gpufleet.serving.site` then converges the host back. Nothing of this checkout is on
+    the path: not its ansible.cfg, not its collections/, not ~/.ansible."""
+    host = "r-turing-1"
+    user = tmp_path / "user"
+    user.mkdir()
+    env = {k: v for k, v in ansible_env().items() if not k.startswith("ANSIBLE_")}
+    env.update(HOME=str(user), ANSIBLE_FORCE_COLOR="0")
+    galaxy = os.path.join(VENV_BIN, "ansible-galaxy")
+    built = subprocess.run([galaxy, "collection", "build", "--output-path", str(tmp_path), REPO_ROOT], cwd=str(user),
+                           env=env, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    # What a user writes: where collections go, and readable output.
+    (user / "ansible.cfg").write_text("[defaults]\ncollections_path = ./collections\ncallback_result_format = yaml\n")
+    tarball = next(str(p) for p in tmp_path.iterdir() if p.name.endswith(".tar.gz"))
+    installed = subprocess.run([galaxy, "collection", "install", "--offline", "-p", "./collections", tarball],
+                               cwd=str(user), env=env, capture_output=True, text=True)
+    assert installed.returncode == 0 and "gpufleet.serving:" in installed.stdout, installed.stdout + installed.stderr
+    shutil.copytree(INVENTORY, user / "inventory")          # group_vars is a link into this checkout: copied
+    playbook = os.path.join(VENV_BIN, "ansible-playbook")
+
+    def run_user(name, *args):
+        res = subprocess.run([playbook, name, "-v", "-i", "inventory", "-e", "@" + fleet["secrets"], *args],
+                             cwd=str(user), env=env, capture_output=True, text=True)
+        output = res.stdout + res.stderr
+        assert "Using %s as config file" % (user / "ansible.cfg") in output, output[-3000:]
+        return res.returncode, output
+
+    # The only gpufleet.serving Ansible sees there is the installed one.
+    listed = subprocess.run([galaxy, "collection", "list", "gpufleet.serving"], cwd=str(user), env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and str(user / "collections" / "ansible_collections") in listed.stdout, listed.stdout
+    assert REPO_ROOT not in listed.stdout and ".ansible/collections" not in listed.stdout, listed.stdout
+
+    rc, output = run_user("gpufleet.serving.rollout", "--limit", host, "-e", "engine_served_model_name=tiny-qwen2-u")
+    assert rc == 0, output[-4000:]
+    assert "TASK [gpufleet.serving.engine : Read each snapshot's manifest" in output      # model_fetch did not run
+    with open(user / "inventory" / "group_vars" / "gpu_hosts.yml") as f:
+        commit = yaml.safe_load(f)["model_fetch_revision"]
+    row = report_rows(output, "gpufleet.serving.engine : Report - every host")[host]
+    assert row.split()[-1] == "updated" and "healthy" in row and commit[:12] in row, row   # the manifest's commit
+    status, body = http(host, "/v1/models", KEY)
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2-u"
+    # The default Prometheus file is relative to the user's directory.
+    assert host in (user / ".cache" / "prometheus" / "gpufleet.json").read_text()
+
+    rc, output = run_user("gpufleet.serving.site", "--limit", host)
+    assert rc == 0, output[-4000:]
+    assert "PLAY [Preflight" in output and "PLAY [Host stack" in output
+    status, body = http(host, "/v1/models", KEY)
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
+
+
+def test_a_daemon_json_change_restarts_docker_one_batch_at_a_time(fleet, first_run):
+    """Issue 16: a daemon.json change on hosts whose engines run is written and applied (Docker restarted, which
+    stops every engine of the host) in each host's rollout batch: the canary's Docker restarts first, and the
+    next batch's only after the canary's engine, restarted with it, passed its health gate. The host stack
+    writes and restarts nothing. Last in the module: the fleet goes down after it."""
+    before = {h: engine(h) for h in HOSTS}
+    config = {"container_toolkit_daemon_config": {"log-driver": "json-file",
+                                                  "log-opts": {"max-size": "50m", "max-file": "4"}}}
+    rc, output, recap = run(fleet, "site.yml", *FAST, "-e", json.dumps(config))
+    assert rc == 0, output[-4000:]
+    host_stack = output.split("PLAY [Host stack", 1)[1].split("\nPLAY [", 1)[0]
+    assert "changed: [" not in host_stack.split("TASK [gpufleet.serving.container_toolkit : Docker is enabled", 1)[1] \
+        .split("TASK [gpufleet.serving.container_toolkit : CDI spec", 1)[0], host_stack[-3000:]
+    restart = "gpufleet.serving.engine : Restart Docker - the engines stop and start again with it (restart policy)"
+    batches = rollout_batches(output)
+    assert batches == [[CANARY], sorted(OTHERS)], batches
+    for batch, section in zip(batches, output.split("PLAY [Roll the engine out")[1:]):
+        task = section.split("TASK [%s]" % restart, 1)[1].split("TASK [", 1)[0]
+        restarted = re.findall(r"^changed: \[([^\]\s]+)\]", task, re.M)
+        assert sorted(restarted) == batch, (batch, restarted)
+    for host in HOSTS:
+        config_now = json.loads(hx(host, "cat /etc/docker/daemon.json").stdout)
+        assert config_now["log-opts"]["max-file"] == "4", config_now
+        now = engine(host)
+        assert instant(now[1]) > instant(before[host][1]) and now[3]
+        # The same engine, restarted with Docker; the canary's is also replaced (the lost-host test above left it
+        # serving another name).
+        assert host == CANARY or now[0] == before[host][0], host
+    # The canary's engine answered its health gate's completion before any other host's Docker restarted.
+    healthy = hx(CANARY, "docker logs --timestamps --since %s gpufleet-engine 2>&1 | grep -m1 'POST /v1/chat/completions'"
+                 % engine(CANARY)[1]).stdout.split()
+    assert healthy, "no health-gate completion on the canary since its restart"
+    started = {h: engine(h)[1] for h in OTHERS}
+    assert all(instant(t) > instant(healthy[0]) for t in started.values()), (healthy[0], started)
+
+
+def instant(stamp):
+    """Seconds of Docker's RFC 3339 timestamps ('2026-12-04T04:22:37.98667057Z': the fraction's trailing zeros cut)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").timestamp() + float("0." + (fraction or "0"))

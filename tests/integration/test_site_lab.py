@@ -92,6 +92,27 @@ def test_unknown_engine_fails_before_any_change(first_run):
     assert engine_started_at("l40s-1") == before
 
 
+def test_plans_that_cannot_work_fail_in_preflight_on_every_host_at_once(first_run, tmp_path):
+    """Each host gets an input that only the planner can judge (it used to fail minutes later, in the engine
+    role, after the host stack): preflight plans every host from the hub's config.json and names them all."""
+    bad = tmp_path / "bad-plans.yml"
+    bad.write_text(json.dumps({"all": {"hosts": {
+        "hopper-1": {"engine_overrides": {"--tp-size": 16}},
+        "blackwell-1": {"engine_overrides": {"--gpu-memory-utilization": 1.5}},
+        "turing-1": {"engine_instances": [{"name": "gpufleet-engine", "gpus": [5]}]},
+        "l40s-1": {"engine_version": "0.0.9"},
+    }}}))
+    before = {h: engine_started_at(h) for h in LAB_HOSTS}
+    rc, output, recap = run_playbook("site.yml", "-i", str(bad))
+    assert rc != 0
+    assert "PLAY [Host stack" not in output, "the run went past preflight"
+    for host, expected in [("hopper-1", "--tp-size 16 needs 16 GPUs"), ("blackwell-1", "--gpu-memory-utilization"),
+                           ("turing-1", "5"), ("l40s-1", "engine_version '0.0.9'")]:
+        assert any(host in line and expected in line for line in output.splitlines()), (host, output[-4000:])
+    assert all(r["changed"] == 0 for r in recap.values())
+    assert {h: engine_started_at(h) for h in LAB_HOSTS} == before
+
+
 def test_bad_rollout_pacing_fails_in_preflight_before_any_change(first_run):
     """rollout_batch_size=abc used to end in an ansible-core traceback after the host stack ran."""
     rc, output, recap = run_playbook("site.yml", "--limit", "turing-1", "-e", "rollout_batch_size=abc",

@@ -18,8 +18,14 @@ Output (stdout), one JSON object per input line, in order:
   resolve: {"ok": true, "resolved": {flag: {"kind": "exact"|"prefix"|"ambiguous"|"unknown",
                                             "matches": [...]}}}
   info:    {"ok": true, "versions": {...}, "stubs": [...], "environment": {...}}
-`python real_parsers.py --self-check` parses a few known-good and known-bad command lines and
-exits non-zero on a surprise (setup_venv.sh runs it).
+`python real_parsers.py --self-check` parses a few known-good and known-bad command lines of the
+engines installed here and exits non-zero on a surprise (setup_venv.sh runs it).
+`python real_parsers.py --dump ENGINE` prints the engine's flag dump (data/engine_flags/*.json;
+scripts/engine_flags.py dump calls it).
+
+One venv holds the newest SGLang and vLLM (.venv-parsers); each older version of the knowledge table
+has a venv of its own. Where an older release differs, the class below says so (SGLang 0.5.1.post2:
+resolution in __post_init__, not run; vLLM 0.26.0: make_arg_parser's module, the CPU platform).
 
 What runs, per engine (the same calls the engines' own launchers make, minus the launch):
   SGLang 0.5.23: sglang.srt.server_args.prepare_server_args(argv), which is what
@@ -179,7 +185,20 @@ class SGLang:
         self.prepare_server_args = server_args.prepare_server_args
         self.real_add_cli_args = server_args.ServerArgs.add_cli_args
         self.template = None
-        if not os.environ.get("GPUFLEET_REAL_PARSERS_NO_TEMPLATE"):
+        # Up to 0.5.x (x < ~20) ServerArgs.__post_init__ held the GPU/model-dependent resolution
+        # (get_device(), GPU memory, the model's HF config) that later releases moved to
+        # resolve_once. It is not run, as resolve_once is not run on the newer releases: parse
+        # with the real add_cli_args parser, then build the real ServerArgs fields through
+        # from_cli_args on a subclass whose __post_init__ does nothing.
+        self.unresolved = None
+        if not hasattr(server_args.ServerArgs, "resolve_once"):
+            class Unresolved(server_args.ServerArgs):
+                def __post_init__(self):
+                    pass
+
+            self.unresolved = Unresolved
+            self.shared_parser = self.parser()
+        elif not os.environ.get("GPUFLEET_REAL_PARSERS_NO_TEMPLATE"):
             self._install_template()
 
     def _install_template(self):
@@ -216,7 +235,10 @@ class SGLang:
             try:
                 # parse_args (SystemExit on a rejected flag or choice), --config merging
                 # (ValueError), ServerArgs.from_cli_args (TypeError on a bad field)
-                server_args = self.prepare_server_args(list(args))
+                if self.unresolved is not None:     # parse_args + from_cli_args, see __init__
+                    server_args = self.unresolved.from_cli_args(self.shared_parser.parse_args(list(args)))
+                else:
+                    server_args = self.prepare_server_args(list(args))
                 if not isinstance(server_args, self.module.ServerArgs):
                     raise TypeError("prepare_server_args returned %r" % type(server_args))
             except SystemExit as exc:
@@ -239,15 +261,34 @@ def _literal_values(tp):
     return values
 
 
+def _vllm_cpu_platform():
+    """vLLM >= 0.3x picks its CpuPlatform from VLLM_TARGET_DEVICE=cpu; older releases ignore the
+    variable (only a `+cpu` build or macOS select it) and end on UnspecifiedPlatform, which cannot
+    build the parser. There, select the same CpuPlatform the variable selects in later releases."""
+    import vllm.platforms as platforms
+
+    # `import vllm` may already have resolved it (to UnspecifiedPlatform, whose device_type is "")
+    if not platforms.current_platform.device_type:
+        from vllm.platforms.cpu import CpuPlatform
+
+        platforms._current_platform = CpuPlatform()
+        return "vllm.platforms.current_platform = CpuPlatform() (VLLM_TARGET_DEVICE not read here)"
+    return None
+
+
 class VLLM:
     def __init__(self):
+        self.platform_note = _vllm_cpu_platform()
         import vllm
         from vllm.config import speculative as speculative_config
         from vllm.config.attention import AttentionConfig
-        from vllm.config.cache import KV_CACHE_DTYPES, is_known_kv_cache_dtype
+        from vllm.config import cache as cache_config
         from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.entrypoints.common import cli_args
         from vllm.model_executor.layers import quantization
+        try:    # make_arg_parser moved from entrypoints.openai (<= 0.2x) to entrypoints.common
+            from vllm.entrypoints.common import cli_args
+        except ImportError:
+            from vllm.entrypoints.openai import cli_args
         from vllm.utils.argparse_utils import FlexibleArgumentParser
 
         self.version = getattr(vllm, "__version__", None)
@@ -256,8 +297,12 @@ class VLLM:
         self.validate_parsed_serve_args = cli_args.validate_parsed_serve_args
         self.AsyncEngineArgs = AsyncEngineArgs
         self.AttentionConfig = AttentionConfig
-        self.is_known_kv_cache_dtype = is_known_kv_cache_dtype
-        self.kv_cache_dtypes = KV_CACHE_DTYPES
+        if hasattr(cache_config, "is_known_kv_cache_dtype"):
+            self.is_known_kv_cache_dtype = cache_config.is_known_kv_cache_dtype
+            self.kv_cache_dtypes = cache_config.KV_CACHE_DTYPES
+        else:   # older vLLM: the CacheDType Literal, which argparse's choices already enforce
+            self.kv_cache_dtypes = _literal_values(cache_config.CacheDType)
+            self.is_known_kv_cache_dtype = self.kv_cache_dtypes.__contains__
         self.quantization_methods = quantization.QUANTIZATION_METHODS
         self.speculative_methods = _literal_values(speculative_config.SpeculativeMethod)
         with contextlib.redirect_stdout(sys.stderr):
@@ -340,6 +385,48 @@ def engine(name):
     return _loaded[name]
 
 
+def _json_value(value):
+    """A default or choice as the dumps hold it: JSON values as they are, anything else (enums,
+    config dataclasses) as its repr."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _ordered(choices):
+    # A set's order changes with the process's hash seed (SGLang's --sampling-backend): sort it so
+    # that two dumps of one version are identical.
+    if isinstance(choices, (set, frozenset)):
+        return sorted(choices, key=lambda c: (c is None, str(c)))
+    return choices
+
+
+def dump(name):
+    """The engine's option actions as data/engine_flags/<engine>-<version>.json holds them: one
+    entry per optional action of the parser the checks use (vLLM: make_arg_parser's `serve`
+    parser, whose positional model_tag is left out; SGLang: a fresh add_cli_args parser)."""
+    entries = []
+    for action in engine(name).parser()._actions:
+        if not action.option_strings:
+            continue
+        entry = {
+            "flags": list(action.option_strings),
+            "dest": action.dest,
+            "default": _json_value(action.default),
+            "choices": None if action.choices is None else [_json_value(c) for c in _ordered(action.choices)],
+            "action": type(action).__name__,
+            "nargs": action.nargs,
+            "type": None if action.type is None else getattr(action.type, "__name__", repr(action.type)),
+            "help": action.help,
+        }
+        if name == "vllm":      # the vLLM dumps carry argparse's `deprecated` (Python 3.13+; else null)
+            entry["deprecated"] = getattr(action, "deprecated", None)
+        entries.append(entry)
+    return entries
+
+
 def _info():
     import importlib.metadata as md
 
@@ -391,12 +478,33 @@ SELF_CHECK = [
 ]
 
 
+def installed_engines():
+    """The engines this venv holds (one per-version venv holds one engine)."""
+    import importlib.metadata as md
+
+    names = []
+    for name in ENGINES:
+        try:
+            md.version(name)
+            names.append(name)
+        except md.PackageNotFoundError:
+            pass
+    return names
+
+
 def self_check():
     failures = 0
     print(json.dumps(_info()))
+    names = installed_engines()
+    if not names:
+        print("FAIL no engine installed")
+        return 1
     for name, args, expected in SELF_CHECK:
+        if name not in names:
+            continue
         result = engine(name).check(args)
-        good = result["ok"] is expected
+        # accepted only through a prefix match counts as rejected: the flag itself does not exist
+        good = (result["ok"] and not result["abbreviations"]) is expected
         failures += not good
         print("%s %s %s -> %s" % ("ok  " if good else "FAIL", name, " ".join(args), result))
     return 1 if failures else 0
@@ -408,6 +516,10 @@ def main(argv):
     results = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
+    if len(argv) == 3 and argv[1] == "--dump" and argv[2] in ENGINES:
+        json.dump(dump(argv[2]), results, indent=1)     # as the committed dumps: no final newline
+        results.flush()
+        return 0
     if argv[1:] == ["--self-check"]:
         with contextlib.redirect_stdout(results):
             code = self_check()

@@ -1,14 +1,20 @@
-"""Every plan the planner can produce, fed to the REAL parsers of the pinned SGLang and vLLM.
+"""Every plan the planner can produce, fed to the REAL parsers of every engine version in the table.
 
-The engines are pip-installed without their GPU dependencies in `.venv-parsers`
-(tests/parsers/setup_venv.sh); tests/parsers/real_parsers.py runs there and parses each argv with
-the engines' own add_cli_args / make_arg_parser (details in its docstring and README.md). This
-module runs in the project venv: it builds the plans, sends every distinct argv to one
-real_parsers.py process for the whole session (importing the engines takes ~10 s), and checks the
-verdicts.
+The engines are pip-installed without their GPU dependencies: the newest SGLang and vLLM in
+`.venv-parsers` (tests/parsers/setup_venv.sh, requirements.txt), every other version of
+data/knowledge.yml in `.venv-parsers-ENGINE-VERSION` (requirements-ENGINE-VERSION.txt);
+tests/parsers/real_parsers.py runs there and parses each argv with the engines' own add_cli_args /
+make_arg_parser (details in its docstring and README.md). This module runs in the project venv: it
+builds the plans per (engine, version), sends every distinct argv to one real_parsers.py process per
+version for the whole session (importing an engine takes ~10 s), and checks the verdicts.
 
-Without `.venv-parsers` the tests skip, unless GPUFLEET_REQUIRE_REAL_PARSERS is set (scripts/test.sh
-sets it): then a missing or stale venv is a failure.
+scripts/test.sh builds `.venv-parsers` before its two lanes; the per-version venvs are built here,
+by the session fixture `venv_builds` (setup_venv.sh ENGINE-VERSION, idempotent, under its own
+flock), so that in CI they build inside lane A while lane B runs.
+
+Without a venv the tests of its version skip, unless GPUFLEET_REQUIRE_REAL_PARSERS is set
+(scripts/test.sh sets it): then a missing, stale or unbuildable venv is a failure. Per-version venvs
+are built only when GPUFLEET_REQUIRE_REAL_PARSERS or GPUFLEET_BUILD_PARSER_VENVS is set.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import pytest
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import DRAFT_MOUNT
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge
+from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import engine_versions, load_knowledge
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,13 +41,20 @@ VENV = os.environ.get("GPUFLEET_PARSERS_VENV") or os.path.join(ROOT, ".venv-pars
 VENV_PYTHON = os.path.join(VENV, "bin", "python")
 CHECKER = os.path.join(HERE, "real_parsers.py")
 REQUIRED = bool(os.environ.get("GPUFLEET_REQUIRE_REAL_PARSERS"))
+BUILD = REQUIRED or bool(os.environ.get("GPUFLEET_BUILD_PARSER_VENVS"))
 
-if os.path.join(ROOT, "tests", "unit") not in sys.path:
-    sys.path.insert(0, os.path.join(ROOT, "tests", "unit"))
+for _path in (os.path.join(ROOT, "tests", "unit"), os.path.join(ROOT, "scripts")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+import engine_flags  # noqa: E402  (scripts/engine_flags.py: venv names, removed_in)
 import gpu_fixtures  # noqa: E402  (tests/unit/gpu_fixtures.py)
 
 KN = load_knowledge()
 ENGINES = sorted(KN["engines"])
+# Every (engine, version) of the table: each one gets its own real parser and its own plans.
+VERSIONS = [(engine, version) for engine in ENGINES for version in engine_versions(KN, engine)]
+DEFAULTS = [(engine, KN["default_versions"][engine]) for engine in ENGINES]
+VERSION_IDS = ["%s-%s" % pair for pair in VERSIONS]
 PRESETS = list(KN["presets"])
 GPU_COUNTS = (1, 2, 4, 8)
 MODELS = sorted(name for name in os.listdir(gpu_fixtures.MODELS_DIR)
@@ -50,7 +63,10 @@ SMALL_MODEL = "Qwen2.5-0.5B-Instruct" if "Qwen2.5-0.5B-Instruct" in MODELS else 
 # Stand-in for the API-key YAML that the SGLang plan reads through --config at run time.
 API_KEY_VALUE = "real-parser-test-key"
 
-# Flags whose removal the real parsers must report (shared/reference/engine_reference.md §1).
+# Flags whose removal the real parsers of the DEFAULT (newest) versions must report
+# (shared/reference/engine_reference.md §1). Older versions still have some of them (--torchao-config
+# until SGLang 0.5.18); for every version the table's own removed_flags/deprecated_flags are checked
+# in test_knowledge_table_removed_flags_are_not_real_flags.
 REJECTED = {
     "sglang": [
         ["--disable-flashinfer"],                   # ambiguous prefix since 0.4.3
@@ -127,9 +143,8 @@ def _model(name, **changes):
     return m
 
 
-def _variants(engine):
+def _variants(engine, version):
     """(label, build_plan keyword arguments, model changes) beyond the plain preset plan."""
-    version = KN["default_versions"][engine]
     ev = KN["engines"][engine][version]
     yield "api_key", {"api_key": True}, {}
     for algorithm in sorted(ev["speculative"]["algorithms"]):
@@ -138,11 +153,11 @@ def _variants(engine):
                                           "draft_algorithm": algorithm, "draft_weights_bytes": 1 << 28}
 
 
-def _pins(engine, card):
+def _pins(engine, version, card):
     """Overrides that pin each value the knowledge table allows for this engine on this card."""
     cc = _facts(card, 1)["compute_capability"]
     ae = KN["archs"].get(cc, {}).get(engine) or {}
-    names = KN["engines"][engine][KN["default_versions"][engine]]["flags"]
+    names = KN["engines"][engine][version]["flags"]
     for key, flag in (("attention_backends", names["attention"]), ("kv_cache_dtypes", names["kv_cache_dtype"]),
                       ("quantization", names["quantization"])):
         for value in ae.get(key) or ():
@@ -152,75 +167,120 @@ def _pins(engine, card):
 MLA_MODEL = "DeepSeek-V2-Lite-Chat" if "DeepSeek-V2-Lite-Chat" in MODELS else None
 
 
-def _mla_pins(engine, card):
+def _mla_pins(engine, version, card):
     cc = _facts(card, 1)["compute_capability"]
     mla = (KN["archs"].get(cc, {}).get(engine) or {}).get("mla") or {}
-    flag = KN["engines"][engine][KN["default_versions"][engine]]["flags"]["attention"]
+    flag = KN["engines"][engine][version]["flags"]["attention"]
     for value in mla.get("attention_backends") or ():
         yield "pin mla %s=%s" % (flag, value), {"overrides": {flag: value}}
 
 
-def _cases():
-    """Every (context, engine, build_plan args) the matrix covers."""
-    for card, count, engine, name, preset in itertools.product(CARDS, GPU_COUNTS, ENGINES, MODELS, PRESETS):
-        yield (card, count, engine, name, preset, "plain"), (card, count, engine, name, preset, {}, {})
+def _cases(engine, version):
+    """Every (context, build_plan args) the matrix covers for one engine version (pinned as the
+    inventory's engine_version would pin it)."""
+    for card, count, name, preset in itertools.product(CARDS, GPU_COUNTS, MODELS, PRESETS):
+        yield (card, count, engine, name, preset, "plain"), (card, count, name, preset, {}, {})
     # API key delivery and speculative decoding on every card, one GPU, every model and preset.
-    for card, engine, name, preset in itertools.product(CARDS, ENGINES, MODELS, PRESETS):
-        for label, kwargs, changes in _variants(engine):
-            yield (card, 1, engine, name, preset, label), (card, 1, engine, name, preset, kwargs, changes)
+    for card, name, preset in itertools.product(CARDS, MODELS, PRESETS):
+        for label, kwargs, changes in _variants(engine, version):
+            yield (card, 1, engine, name, preset, label), (card, 1, name, preset, kwargs, changes)
     # Every attention backend / KV cache dtype / quantization the table lists, pinned.
-    for card, engine, preset in itertools.product(CARDS, ENGINES, ("high_performance", "balanced")):
-        for label, kwargs in _pins(engine, card):
-            yield (card, 1, engine, SMALL_MODEL, preset, label), (card, 1, engine, SMALL_MODEL, preset, kwargs, {})
+    for card, preset in itertools.product(CARDS, ("high_performance", "balanced")):
+        for label, kwargs in _pins(engine, version, card):
+            yield (card, 1, engine, SMALL_MODEL, preset, label), (card, 1, SMALL_MODEL, preset, kwargs, {})
         # The MLA backends of the table (archs.<cc>.<engine>.mla), pinned for an MLA model on 2 GPUs.
         if MLA_MODEL:
-            for label, kwargs in _mla_pins(engine, card):
-                yield (card, 2, engine, MLA_MODEL, preset, label), (card, 2, engine, MLA_MODEL, preset, kwargs, {})
+            for label, kwargs in _mla_pins(engine, version, card):
+                yield (card, 2, engine, MLA_MODEL, preset, label), (card, 2, MLA_MODEL, preset, kwargs, {})
 
 
 def _build_all():
-    plans, refused = [], collections.Counter()
-    for context, (card, count, engine, name, preset, kwargs, changes) in _cases():
-        try:
-            plan = build_plan(_facts(card, count), engine, _model(name, **changes), preset, knowledge=KN,
-                              host="parser-test", **kwargs)
-        except PlanError:
-            refused[engine] += 1
+    """{(engine, version): [(context, plan)]}, the refused combinations per (engine, version), and
+    the planner's crashes. Combinations the planner refuses (PlanError: e.g. an old version on a
+    GPU its kernels lack) are counted, not checked. A crash (any other exception) fails that
+    version's plan test with its context, without hiding the other versions' checks."""
+    plans, refused = collections.defaultdict(list), collections.Counter()
+    crashes = collections.defaultdict(list)
+    for engine, version in VERSIONS:
+        for context, (card, count, name, preset, kwargs, changes) in _cases(engine, version):
+            try:
+                plan = build_plan(_facts(card, count), engine, _model(name, **changes), preset, knowledge=KN,
+                                  host="parser-test", engine_version=version, **kwargs)
+            except PlanError:
+                refused[engine, version] += 1
+                continue
+            except Exception as exc:    # noqa: BLE001  (a planner bug: reported per version below)
+                crashes[engine, version].append("%s: %s: %s" % (context, type(exc).__name__, exc))
+                continue
+            plans[engine, version].append((context, plan))
+    return plans, refused, crashes
+
+
+# ------------------------------------------------------------------------------------------------
+# The parser venvs: one per engine version (the newest two share .venv-parsers)
+# ------------------------------------------------------------------------------------------------
+def _venv(engine, version):
+    """(setup_venv.sh argument or "", venv path, requirements file) of one engine version."""
+    name = engine_flags.venv_name(engine, version)
+    return (name, VENV + ("-" + name if name else ""),
+            os.path.join(HERE, "requirements-%s.txt" % name if name else "requirements.txt"))
+
+
+def _stamp_state(engine, version):
+    """None when the version's venv is usable, else why not."""
+    name, venv, requirements = _venv(engine, version)
+    fix = "run `bash tests/parsers/setup_venv.sh%s`" % (" " + name if name else "")
+    if not os.path.exists(requirements):
+        return "no %s for %s %s (docs/planning.md, 'Adding an engine version')" % (requirements, engine, version)
+    if not os.access(os.path.join(venv, "bin", "python"), os.X_OK):
+        return "%s is missing: %s" % (venv, fix)
+    try:
+        with open(os.path.join(venv, ".gpufleet-stamp"), encoding="utf-8") as handle:
+            stamp = handle.read().strip()
+    except OSError:
+        return "%s has no stamp (half-built): %s" % (venv, fix)
+    digest = hashlib.sha256()
+    for path in (requirements, os.path.join(HERE, "setup_venv.sh")):
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    if stamp.split("-py")[0] != digest.hexdigest():
+        return "%s is stale (%s or setup_venv.sh changed): %s" % (venv, os.path.basename(requirements), fix)
+    return None
+
+
+def _start_builds():
+    """Start setup_venv.sh for every per-version venv that is not ready (all at once: pip is
+    mostly download and unzip). {(engine, version): (Popen, log path, start time)}."""
+    builds = {}
+    if not BUILD:
+        return builds
+    logs = os.path.join(ROOT, ".cache")
+    os.makedirs(logs, exist_ok=True)
+    for engine, version in VERSIONS:
+        name = _venv(engine, version)[0]
+        if not name or _stamp_state(engine, version) is None:
             continue
-        plans.append((context, plan))
-    return plans, refused
+        log = os.path.join(logs, "setup-venv-parsers-%s.log" % name)
+        with open(log, "w", encoding="utf-8") as handle:
+            proc = subprocess.Popen(["bash", os.path.join(HERE, "setup_venv.sh"), name], cwd=ROOT,
+                                    stdout=handle, stderr=subprocess.STDOUT)
+        builds[engine, version] = (proc, log, time.monotonic())
+    return builds
+
+
+def _finish_build(key, build):
+    """Wait for one build; a note with the time it took (or its failure)."""
+    proc, log, started = build
+    code = proc.wait(timeout=1200)
+    with open(log, encoding="utf-8") as handle:
+        tail = handle.read()[-3000:]
+    return ("built in %.1fs" % (time.monotonic() - started) if code == 0
+            else "setup_venv.sh %s-%s exited %s:\n%s" % (key[0], key[1], code, tail))
 
 
 # ------------------------------------------------------------------------------------------------
 # The real parsers, once per session
 # ------------------------------------------------------------------------------------------------
-def _stamp_state():
-    """None when .venv-parsers is usable, else why not."""
-    if not os.access(VENV_PYTHON, os.X_OK):
-        return "%s is missing: run `bash tests/parsers/setup_venv.sh`" % VENV
-    try:
-        with open(os.path.join(VENV, ".gpufleet-stamp"), encoding="utf-8") as handle:
-            stamp = handle.read().strip()
-    except OSError:
-        return "%s has no stamp (half-built): run `bash tests/parsers/setup_venv.sh`" % VENV
-    digest = hashlib.sha256()
-    for name in ("requirements.txt", "setup_venv.sh"):
-        with open(os.path.join(HERE, name), "rb") as handle:
-            digest.update(handle.read())
-    if stamp.split("-py")[0] != digest.hexdigest():
-        return "%s is stale (tests/parsers/requirements.txt or setup_venv.sh changed): " \
-               "run `bash tests/parsers/setup_venv.sh`" % VENV
-    return None
-
-
-def _need_venv():
-    problem = _stamp_state()
-    if problem:
-        if REQUIRED:
-            pytest.fail("GPUFLEET_REQUIRE_REAL_PARSERS is set but " + problem, pytrace=False)
-        pytest.skip(problem + " (set GPUFLEET_REQUIRE_REAL_PARSERS=1 to make this a failure)")
-
-
 def _api_key_file(tmp_path_factory):
     sglang = KN["engines"]["sglang"][KN["default_versions"]["sglang"]]["api_key"]
     path = tmp_path_factory.mktemp("secrets") / "api-key.yaml"
@@ -236,10 +296,10 @@ def _runnable(args, config_file):
     return args
 
 
-def _run_checker(requests):
+def _run_checker(python, requests):
     """One real_parsers.py process over `requests` (JSON strings); its answers in order."""
     started = time.monotonic()
-    proc = subprocess.run([VENV_PYTHON, CHECKER], input="\n".join(requests) + "\n", cwd=ROOT,
+    proc = subprocess.run([python, CHECKER], input="\n".join(requests) + "\n", cwd=ROOT,
                           capture_output=True, text=True, timeout=1800, check=False)
     lines = proc.stdout.splitlines()
     if proc.returncode != 0 or len(lines) != len(requests):
@@ -249,127 +309,186 @@ def _run_checker(requests):
 
 
 class RealParsers:
-    """Verdicts of real_parsers.py, keyed by request: one process per engine, side by side (each
-    imports only its own engine; SGLang's prepare_server_args rebuilds its 532-option parser on
-    every call, ~25 ms, so its share dominates)."""
+    """Verdicts of real_parsers.py per (engine, version): one process per version, side by side
+    (each imports only its own engine; SGLang 0.5.23's prepare_server_args rebuilds its 532-option
+    parser on every call, ~25 ms, so its share dominates). A version whose venv is missing or
+    failed has a problem instead of answers; its tests fail (REQUIRED) or skip."""
 
-    def __init__(self, requests):
-        groups = collections.defaultdict(list)
-        for request in requests:
-            groups[request.get("engine", "sglang")].append(json.dumps(request, sort_keys=True))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(groups)) as pool:
-            results = dict(zip(groups, pool.map(_run_checker, groups.values())))
-        self.answers, self.timings = {}, {}
-        for engine, (answers, note) in results.items():
+    def __init__(self, requests, builds):
+        todo = {key: [json.dumps(r, sort_keys=True) for r in reqs] for key, reqs in requests.items()}
+        self.builds = {}
+
+        def run(key):
+            # A version whose venv is still building waits for it; the others start at once.
+            if key in builds:
+                self.builds["%s-%s" % key] = _finish_build(key, builds[key])
+            problem = _stamp_state(*key)
+            if problem:
+                return None, problem + (" (%s)" % self.builds["%s-%s" % key] if key in builds else "")
+            return _run_checker(os.path.join(_venv(*key)[1], "bin", "python"), todo[key])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            results = dict(zip(todo, pool.map(run, todo)))
+        self.answers, self.timings, self.problems = {}, {}, {}
+        for key, (answers, note) in results.items():
+            self.timings["%s-%s" % key] = note
             if answers is None:
-                pytest.fail("%s: %s" % (engine, note), pytrace=False)
-            self.answers.update(zip(groups[engine], answers))
-            self.timings[engine] = note
+                self.problems[key] = note
+                continue
+            self.answers[key] = dict(zip(todo[key], answers))
 
-    def __getitem__(self, request):
-        return self.answers[json.dumps(request, sort_keys=True)]
+    def need(self, engine, version):
+        problem = self.problems.get((engine, version))
+        if problem:
+            if REQUIRED:
+                pytest.fail("GPUFLEET_REQUIRE_REAL_PARSERS is set but %s %s: %s" % (engine, version, problem),
+                            pytrace=False)
+            pytest.skip("%s %s: %s (set GPUFLEET_REQUIRE_REAL_PARSERS=1 to make this a failure)"
+                        % (engine, version, problem))
+        return self
 
-    def check(self, engine, args):
-        return self[{"engine": engine, "args": list(args)}]
+    def get(self, engine, version, request):
+        return self.need(engine, version).answers[engine, version][json.dumps(request, sort_keys=True)]
+
+    def check(self, engine, version, args):
+        return self.get(engine, version, {"engine": engine, "args": list(args)})
 
 
 def _base_plans(plans):
-    """One ordinary, accepted plan per engine to inject flags into."""
+    """One ordinary, accepted plan per default engine version to inject flags into."""
     base = {}
-    for context, plan in plans:
-        card, count, engine, name, preset, variant = context
-        if variant == "plain" and count == 1 and preset == "balanced" and engine not in base and card == "h100":
-            base[engine] = plan
+    for engine, version in DEFAULTS:
+        for context, plan in plans[engine, version]:
+            card, count, _engine, name, preset, variant = context
+            if variant == "plain" and count == 1 and preset == "balanced" and card == "h100":
+                base[engine] = plan
+                break
     return base
+
+
+def _table_flags(engine, version):
+    ev = KN["engines"][engine][version]
+    return sorted(set(ev["removed_flags"]) | set(ev["deprecated_flags"]) | TRAP_FLAGS[engine])
+
+
+@pytest.fixture(scope="session")
+def venv_builds():
+    """The per-version venv builds, started before the plans are built (they overlap)."""
+    return _start_builds()
 
 
 @pytest.fixture(scope="session")
 def matrix():
-    plans, refused = _build_all()
-    return plans, refused
+    return _build_all()
 
 
 @pytest.fixture(scope="session")
-def real(matrix, tmp_path_factory):
-    _need_venv()
-    plans, _ = matrix
+def real(venv_builds, matrix, tmp_path_factory, capsys_session_print):
+    plans = matrix[0]
     config_file = _api_key_file(tmp_path_factory)
-    requests = [{"info": True}]
-    seen = set()
-    for _context, plan in plans:
-        request = {"engine": plan["engine"], "args": _runnable(plan["args"], config_file)}
-        key = json.dumps(request, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            requests.append(request)
+    requests = collections.defaultdict(list)
+    for key in VERSIONS:
+        requests[key].append({"info": True})
+        seen = set()
+        for _context, plan in plans[key]:
+            request = {"engine": plan["engine"], "args": _runnable(plan["args"], config_file)}
+            encoded = json.dumps(request, sort_keys=True)
+            if encoded not in seen:
+                seen.add(encoded)
+                requests[key].append(request)
+        requests[key].append({"engine": key[0], "resolve": _table_flags(*key)})
     for engine, plan in _base_plans(plans).items():
+        key = (engine, KN["default_versions"][engine])
         for extra in REJECTED[engine] + [extra for extra, _ in PREFIX_TRAPS[engine]]:
-            requests.append({"engine": engine, "args": list(plan["args"]) + extra})
-    for engine in ENGINES:
-        ev = KN["engines"][engine][KN["default_versions"][engine]]
-        flags = sorted(set(ev["removed_flags"]) | set(ev["deprecated_flags"]) | TRAP_FLAGS[engine])
-        requests.append({"engine": engine, "resolve": flags})
-    parsers = RealParsers(requests)
+            requests[key].append({"engine": engine, "args": list(plan["args"]) + extra})
+    parsers = RealParsers(requests, venv_builds)
     parsers.config_file = config_file
+    capsys_session_print("real-parser venvs: %s; real_parsers.py: %s" % (
+        parsers.builds or "none built here", parsers.timings))
     return parsers
+
+
+@pytest.fixture(scope="session")
+def capsys_session_print(pytestconfig):
+    """Print to the terminal even when the test passes (CI log), like capsys.disabled()."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def emit(line):
+        with capture.global_and_fixture_disabled():
+            print("\n" + line)
+    return emit
 
 
 # ------------------------------------------------------------------------------------------------
 # Tests
 # ------------------------------------------------------------------------------------------------
-def test_parser_venv_has_the_planned_engine_versions(real):
-    info = real[{"info": True}]
+def test_every_table_version_has_a_parser_venv_definition():
+    """A version added to the table without requirements for its parser venv is caught even
+    where the venvs are not built."""
+    missing = [_venv(*key)[2] for key in VERSIONS if not os.path.exists(_venv(*key)[2])]
+    assert not missing, "no requirements file for: %s (docs/planning.md, 'Adding an engine version')" % missing
+
+
+@pytest.mark.parametrize("engine,version", VERSIONS, ids=VERSION_IDS)
+def test_parser_venv_has_the_planned_engine_version(real, engine, version):
+    info = real.get(engine, version, {"info": True})
     assert info["stubs"] == [], "real_parsers.py stubs %s; update README.md" % info["stubs"]
-    for engine in ENGINES:
-        planned = sorted(KN["engines"][engine])
-        assert planned == [info["versions"][engine]], (
-            "the knowledge table plans %s %s but .venv-parsers has %s %s: pin it in tests/parsers/requirements.txt"
-            % (engine, planned, engine, info["versions"][engine]))
+    assert info["versions"][engine] == version, (
+        "the knowledge table plans %s %s but its parser venv %s has %s" % (
+            engine, version, _venv(engine, version)[1], info["versions"][engine]))
 
 
-def test_every_generated_plan_parses_with_the_real_parsers(real, matrix, capsys):
-    plans, refused = matrix
-    produced = collections.Counter(plan["engine"] for _, plan in plans)
-    assert all(produced[engine] for engine in ENGINES), "no plan at all for some engine: %s" % produced
+@pytest.mark.parametrize("engine,version", VERSIONS, ids=VERSION_IDS)
+def test_every_generated_plan_parses_with_the_real_parsers(real, matrix, engine, version, capsys_session_print):
+    plans, refused, crashes = matrix
+    crashes = crashes[engine, version]
+    plans = plans[engine, version]
+    assert plans, "the planner produced no plan at all for %s %s (%d refused)" % (
+        engine, version, refused[engine, version])
     failures, abbreviated = [], []
     distinct = set()
     for context, plan in plans:
-        engine = plan["engine"]
-        assert plan["engine_version"] == KN["default_versions"][engine]
+        assert plan["engine"] == engine and plan["engine_version"] == version, context
         assert plan["argv"] == plan["entrypoint"] + plan["args"], context
         args = _runnable(plan["args"], real.config_file)
-        distinct.add((engine, tuple(args)))
-        verdict = real.check(engine, args)
+        distinct.add(tuple(args))
+        verdict = real.check(engine, version, args)
         if not verdict["ok"]:
             failures.append("%s\n    %s\n    -> [%s] %s" % (context, " ".join(plan["argv"]), verdict["stage"],
                                                           verdict["error"]))
         elif verdict["abbreviations"]:
             abbreviated.append("%s: %s" % (context, verdict["abbreviations"]))
-    summary = ("%d plans (%s), %d distinct argvs, %d combinations refused by the planner (%s)"
-               % (len(plans), dict(produced), len(distinct), sum(refused.values()), dict(refused)))
-    line = "real-parser check: %s; real_parsers.py: %s" % (summary, real.timings)
-    with capsys.disabled():     # in the CI log even when the test passes
-        print("\n" + line)
-    assert not failures, "%d plan(s) rejected by the real parsers; %s\n%s" % (
+    cards = sorted({context[0] for context, _ in plans})
+    summary = ("%s %s: %d plans on %d cards, %d distinct argvs, %d combinations refused by the planner, "
+               "%d rejected by the real parser, %d planner crashes"
+               % (engine, version, len(plans), len(cards), len(distinct), refused[engine, version],
+                  len(failures), len(crashes)))
+    capsys_session_print("real-parser check: %s" % summary)
+    assert not crashes, "the planner crashed on %d combination(s); %s\n%s" % (
+        len(crashes), summary, "\n".join(crashes[:10]))
+    assert not failures, "%d plan(s) rejected by the real parser; %s\n%s" % (
         len(failures), summary, "\n".join(failures[:20]))
     assert not abbreviated, "plans relying on argparse prefix matching:\n" + "\n".join(abbreviated[:20])
 
 
 def test_planner_never_emits_removed_or_trap_flags(matrix):
-    plans, _ = matrix
-    for context, plan in plans:
-        ev = KN["engines"][plan["engine"]][plan["engine_version"]]
-        banned = set(ev["removed_flags"]) | TRAP_FLAGS[plan["engine"]]
-        emitted = {token.split("=", 1)[0] for token in plan["args"] if token.startswith("-")}
-        assert not emitted & banned, (context, sorted(emitted & banned))
+    plans = matrix[0]
+    for (engine, version), version_plans in plans.items():
+        ev = KN["engines"][engine][version]
+        banned = {flag for flag, info in ev["removed_flags"].items()
+                  if engine_flags.removed_in(info.get("since", ""), version)} | TRAP_FLAGS[engine]
+        for context, plan in version_plans:
+            emitted = {token.split("=", 1)[0] for token in plan["args"] if token.startswith("-")}
+            assert not emitted & banned, (version, context, sorted(emitted & banned))
 
 
 @pytest.mark.parametrize("engine,extra", [(e, x) for e in sorted(REJECTED) for x in REJECTED[e]],
                          ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_injecting_a_removed_flag_or_bad_choice_is_rejected(real, matrix, engine, extra):
+    version = KN["default_versions"][engine]
     base = _base_plans(matrix[0])[engine]
-    assert real.check(engine, base["args"])["ok"], "the base plan itself must parse"
-    verdict = real.check(engine, list(base["args"]) + extra)
+    assert real.check(engine, version, base["args"])["ok"], "the base plan itself must parse"
+    verdict = real.check(engine, version, list(base["args"]) + extra)
     assert not verdict["ok"], "the real %s parser accepted %s" % (engine, " ".join(extra))
     assert verdict["error"]
 
@@ -378,23 +497,24 @@ def test_injecting_a_removed_flag_or_bad_choice_is_rejected(real, matrix, engine
                          ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_prefix_traps_are_accepted_as_something_else(real, matrix, engine, extra, meaning):
     """--enable-flashinfer is no error: argparse expands it to another flag. The check must see that."""
+    version = KN["default_versions"][engine]
     base = _base_plans(matrix[0])[engine]
-    verdict = real.check(engine, list(base["args"]) + extra)
+    verdict = real.check(engine, version, list(base["args"]) + extra)
     assert verdict["ok"] and verdict["abbreviations"] == [[extra[0], meaning]], verdict
 
 
-def test_knowledge_table_removed_flags_are_not_real_flags(real):
-    """removed_flags in data/knowledge.yml must not be exact options of the real parser; deprecated ones must."""
+@pytest.mark.parametrize("engine,version", VERSIONS, ids=VERSION_IDS)
+def test_knowledge_table_removed_flags_are_not_real_flags(real, engine, version):
+    """removed_flags of a version must not be exact options of its real parser (unless their
+    `since` is a later release); its deprecated_flags must be."""
+    ev = KN["engines"][engine][version]
+    resolved = real.get(engine, version, {"engine": engine, "resolve": _table_flags(engine, version)})["resolved"]
     problems = []
-    for engine in ENGINES:
-        ev = KN["engines"][engine][KN["default_versions"][engine]]
-        flags = sorted(set(ev["removed_flags"]) | set(ev["deprecated_flags"]) | TRAP_FLAGS[engine])
-        resolved = real[{"engine": engine, "resolve": flags}]["resolved"]
-        for flag in ev["removed_flags"]:
-            if resolved[flag]["kind"] == "exact":
-                problems.append("%s: removed flag %s is still an option" % (engine, flag))
-        for flag in ev["deprecated_flags"]:
-            if resolved[flag]["kind"] != "exact":
-                problems.append("%s: deprecated flag %s is %s" % (engine, flag, resolved[flag]))
+    for flag, info in ev["removed_flags"].items():
+        if engine_flags.removed_in(info.get("since", ""), version) and resolved[flag]["kind"] == "exact":
+            problems.append("%s %s: removed flag %s (since %s) is still an option"
+                            % (engine, version, flag, info.get("since")))
+    for flag in ev["deprecated_flags"]:
+        if resolved[flag]["kind"] != "exact":
+            problems.append("%s %s: deprecated flag %s is %s" % (engine, version, flag, resolved[flag]))
     assert not problems, "\n".join(problems)
-

@@ -13,6 +13,6 @@ def test_ansible_lint_production_profile_has_no_finding():
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"))
     proc = subprocess.run([lint, "--offline", "--nocolor", "-f", "pep8", "-q"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     findings = [line for line in proc.stdout.splitlines() if line.strip()]
     assert proc.returncode == 0 and not findings, proc.stdout[-4000:] + proc.stderr[-2000:]

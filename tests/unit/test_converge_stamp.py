@@ -234,7 +234,8 @@ def test_module_records_then_finds_the_host_converged_then_drifted(tmp_path, cap
     assert facts["engine_plan"] == {"engine": "sglang"} and facts["gpufleet_converge"]["converged"] is True
     assert facts["engine_deployments"] is None  # not kept: reset, never taken from an earlier run
 
-    code, other_inputs = run_main(capsys, **dict(common, digest="d2"))
+    other = {**common, "digest": "d2"}
+    code, other_inputs = run_main(capsys, **other)
     assert other_inputs["converged"] is False and other_inputs["ansible_facts"]["engine_plan"] is None
 
     Health.status = 503

@@ -40,7 +40,8 @@ def test_no_instances_is_the_single_engine_of_before():
     assert only["container"]["device_requests"] == plan["container"]["device_requests"]
     assert only["container"]["labels"]["gpufleet.plan_hash"] == plan["plan_hash"]
     assert only["container"]["labels"]["gpufleet.model_sha"] == "a" * 40
-    assert only["probe"] == {"name": "gpufleet-engine", "port": 30000, "engine": "sglang", "vision": False}
+    assert only["probe"] == {"name": "gpufleet-engine", "port": 30000, "engine": "sglang", "vision": False,
+                             "http": plan["http"]}
 
 
 def test_two_instances_each_get_their_gpus_port_and_overrides():

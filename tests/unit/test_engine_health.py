@@ -91,7 +91,7 @@ def test_an_exited_container_stops_the_wait_at_once():
 def test_wrong_model_name_fails_naming_what_is_served(model):
     with StandIn("vllm", model, ["--served-model-name", "qwen3", "--api-key", KEY]) as server:
         ok, result, msg = engine_health.probe(params(server.url, "vllm", served_model_name="llama"))
-        ok2, _, msg2 = engine_health.probe(params(server.url, "vllm", expect_models=["qwen3", "q3"]))
+        ok2, _unused, msg2 = engine_health.probe(params(server.url, "vllm", expect_models=["qwen3", "q3"]))
     assert not ok and not ok2
     assert msg == "/v1/models does not list ['llama']; the server lists ['qwen3']"
     assert msg2 == "/v1/models does not list ['q3']; the server lists ['qwen3']"
@@ -110,7 +110,7 @@ def test_wrong_key_fails_clearly_without_echoing_it(model, engine):
 def test_vllm_engine_dead_503_ends_the_wait(monkeypatch):
     answers = iter([("waiting", "GET /health -> no answer"), ("dead", "GET /health -> 503 (vLLM reports its engine dead)")])
     monkeypatch.setattr(engine_http, "probe_health", lambda *a, **k: next(answers))
-    ready, _, seen, stop = engine_http.wait_ready("http://x", "vllm", 60, 0, sleep=lambda s: None)
+    ready, _unused, seen, stop = engine_http.wait_ready("http://x", "vllm", 60, 0, sleep=lambda s: None)
     assert (ready, stop) == (False, "GET /health -> 503 (vLLM reports its engine dead)")
 
 
@@ -130,7 +130,7 @@ def _ansible(tmp_path, url, api_key, *cli_args):
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     module_args = "url=%s engine=vllm served_model_name=qwen3 api_key=%s interval=0.2 timeout=20" % (url, api_key)
     argv = [ANSIBLE, "localhost", "-m", "gpufleet.serving.engine_health", "-a", module_args] + list(cli_args)
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert KEY not in done.stdout + done.stderr
     out = json.loads(done.stdout)
     return done.returncode, out["plays"][0]["tasks"][0]["hosts"]["localhost"]
@@ -152,11 +152,11 @@ def test_through_ansible(tmp_path, model):
 def _image_present():
     if not shutil.which("docker"):
         return False
-    return subprocess.run(["docker", "image", "inspect", STANDIN_IMAGE], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "image", "inspect", STANDIN_IMAGE], capture_output=True, check=False).returncode == 0
 
 
 def _run(argv):
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -169,7 +169,7 @@ def test_diagnoses_a_real_container_that_refused_to_start():
         docker = engine_health.DockerCli(_run, shutil.which("docker"), name)
         ok, result, msg = engine_health.probe(params("http://127.0.0.1:9", "vllm", timeout=60.0, interval=0.5), docker)
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     assert not ok
     assert "container %s is exited (exit code 1)" % name in msg
     container = result["diagnosis"]["container"]
@@ -187,7 +187,7 @@ def test_image_check_sends_one_image_to_a_vl_model_and_fails_on_a_text_model(tmp
     assert ok, msg
     assert result["image_tokens"] == 8  # max_tokens of the gate
     with StandIn(engine, make_model(tmp_path / "text"), args) as server:
-        plain_ok, plain, _ = engine_health.probe(params(server.url, engine))
+        plain_ok, plain, _unused = engine_health.probe(params(server.url, engine))
         ok, result, msg = engine_health.probe(params(server.url, engine, image_check=True))
     assert plain_ok and plain["image_tokens"] is None
     assert not ok

@@ -19,5 +19,5 @@ def test_a_restarting_container_ends_the_wait_with_its_last_log_line():
 
 def test_the_last_log_line_is_masked_like_the_rest():
     docker = FakeDocker(status="exited", exit_code=2, logs=["error: --api-key sk-standin-secret rejected"])
-    ok, _, msg = engine_health.probe(params("http://127.0.0.1:9", "vllm", timeout=60.0, interval=0.5), docker)
+    ok, _unused, msg = engine_health.probe(params("http://127.0.0.1:9", "vllm", timeout=60.0, interval=0.5), docker)
     assert not ok and "sk-standin-secret" not in msg and "last log line: error: --api-key ********" in msg

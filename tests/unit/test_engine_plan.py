@@ -14,7 +14,15 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import 
 from gpu_fixtures import gpu_facts, model
 
 KN = load_knowledge()
-PARSERS = {e: flag_dump.build_parser(e, KN["default_versions"][e]) for e in KN["engines"]}
+_PARSERS = {}
+
+
+def parser_of(p):
+    """The rebuilt parser of the engine version the plan picked (versions differ per GPU)."""
+    key = (p["engine"], p["engine_version"])
+    if key not in _PARSERS:
+        _PARSERS[key] = flag_dump.build_parser(*key)
+    return _PARSERS[key]
 
 
 def sized(name, **changes):
@@ -62,11 +70,11 @@ def test_every_plannable_combination_yields_a_parsable_full_name_argv():
         try:
             p = plan(card, count, engine, name, preset)
         except PlanError as exc:
-            # The only refusals in this matrix: SGLang on Turing, and models too big for the card.
-            assert "sm_75" in str(exc) or "does not fit" in str(exc), (card, engine, name, str(exc))
+            # The only refusals in this matrix: models too big for the card.
+            assert "does not fit" in str(exc), (card, engine, name, str(exc))
             continue
         planned += 1
-        flag_dump.check_argv(PARSERS[engine], p["args"])
+        flag_dump.check_argv(parser_of(p), p["args"])
         assert_full_names(p)
         assert p["argv"] == p["entrypoint"] + p["args"]
     assert planned > len(MATRIX) // 2
@@ -86,9 +94,11 @@ def test_turing_vllm_runs_in_float16_without_fp8():
     assert any("float16" in w for w in p["warnings"])
 
 
-def test_turing_sglang_is_refused_naming_vllm():
+def test_turing_sglang_without_a_turing_version_is_refused_naming_vllm():
+    kn = copy.deepcopy(KN)
+    del kn["engines"]["sglang"]["0.5.1.post2"]      # a table whose every SGLang lacks sm_75 code
     with pytest.raises(PlanError) as err:
-        plan("rtx4000", 1, "sglang", "Qwen2.5-0.5B-Instruct")
+        plan("rtx4000", 1, "sglang", "Qwen2.5-0.5B-Instruct", knowledge=kn)
     message = str(err.value)
     assert "node-1" in message and "Quadro RTX 4000" in message
     assert "sm_75" in message and "engine=vllm" in message
@@ -151,7 +161,11 @@ def test_blackwell_needs_driver_570_and_a_cuda_12_8_image():
     with pytest.raises(PlanError, match=r">= 570\.26 \(R570\)"):
         plan(engine="vllm", name="Qwen3-32B-AWQ", facts=facts, knowledge=cuda12_table("12.8"))
     with pytest.raises(PlanError, match=r"needs an image built with CUDA >= 12\.8"):
-        plan(engine="vllm", name="Qwen3-32B-AWQ", facts=gpu_facts("rtx5090"), knowledge=cuda12_table("12.6"))
+        plan(engine="vllm", name="Qwen3-32B-AWQ", facts=gpu_facts("rtx5090"), knowledge=cuda12_table("12.6"),
+             engine_version="0.33.0")
+    # unpinned, the planner skips the CUDA 12.6 build for the newest one with CUDA >= 12.8
+    assert plan(engine="vllm", name="Qwen3-32B-AWQ", facts=gpu_facts("rtx5090"),
+                knowledge=cuda12_table("12.6"))["engine_version"] == "0.26.0"
     ok = plan(engine="vllm", name="Qwen3-32B-AWQ", facts=gpu_facts("rtx5090", driver="570.172.08", cuda="12.8"),
               knowledge=cuda12_table("12.8"))
     assert any("end of life" in w for w in ok["warnings"])        # R570 PB ended 2026-02
@@ -233,8 +247,10 @@ BAD = [
     ("gpu facts not healthy", dict(facts={"state": "no_driver", "message": "nvidia-smi not found"}), ["'no_driver'", "nvidia-smi not found", "driver"]),
     ("gpu facts not a dict", dict(facts="h100"), ["gpufleet_gpu"]),
     ("volta", dict(facts=gpu_facts("h100", compute_capability="7.0")), ["CC 7.0", "not supported", "sm_70"]),
-    ("driver too old for the image", dict(facts=gpu_facts("h100", driver="570.172.08", cuda="12.8")), ["570.172.08", "CUDA 13.0", ">= 580.65.06"]),
-    ("driver too old, no driver version", dict(facts=gpu_facts("h100", driver=None, cuda="12.8")), ["CUDA 12.8", ">= 580.65.06"]),
+    # no SGLang of the table runs below driver 560 (CUDA 12.6)
+    ("driver too old for the image", dict(facts=gpu_facts("h100", driver="550.54.15", cuda="12.4")), ["550.54.15", "CUDA 13.0", ">= 580.65.06"]),
+    ("driver too old, no driver version", dict(facts=gpu_facts("h100", driver=None, cuda="12.4")), ["CUDA 12.4", ">= 580.65.06"]),
+    ("pinned version, driver too old", dict(engine_version="0.5.23", facts=gpu_facts("h100", driver="570.172.08", cuda="12.8")), ["570.172.08", "CUDA 13.0", ">= 580.65.06", "engine_version=0.5.1.post2"]),
     ("blackwell proprietary modules", dict(card="rtx5090", facts=gpu_facts("rtx5090", kernel_module="proprietary")), ["blackwell", "open"]),
     ("context pinned too large", dict(card="rtx5090", name="Qwen3-32B-AWQ", preset="high_performance", overrides={"--context-length": 40960}), ["pinned context length 40960", "lower the context length"]),
     ("context above model maximum", dict(overrides={"--context-length": "64k"}), ["64000", "max_position_embeddings 40960"]),
@@ -258,9 +274,9 @@ def test_bad_input_names_the_thing_to_fix(case, kwargs, parts):
 # --------------------------------------------------------------------------------------------
 def test_plan_keys_and_serving_basics():
     p = plan()
-    assert set(p) == {"engine", "engine_version", "knowledge_table_version", "image", "image_cuda", "entrypoint",
-                      "args", "argv", "env", "secrets", "port", "container", "decisions", "fit", "warnings",
-                      "plan_hash"}
+    assert set(p) == {"engine", "engine_version", "engine_version_reason", "knowledge_table_version", "image",
+                      "image_cuda", "entrypoint", "args", "argv", "env", "secrets", "port", "http", "container",
+                      "decisions", "fit", "warnings", "plan_hash"}
     assert p["image"] == "lmsysorg/sglang:v0.5.23" and p["port"] == 30000
     assert p["entrypoint"] == ["python3", "-m", "sglang.launch_server"]
     assert option(p, "--host") == "0.0.0.0" and option(p, "--port") == "30000"
@@ -479,8 +495,8 @@ def test_moe_models_over_several_gpus_get_the_engines_expert_parallel_flags():
     v = plan("h100", 2, "vllm", mdl=real("Qwen3-30B-A3B"))
     assert option(s, "--ep-size") == "2" and s["decisions"]["expert_parallel"] == 2
     assert option(v, "--enable-expert-parallel") is True
-    flag_dump.check_argv(PARSERS["sglang"], s["args"])
-    flag_dump.check_argv(PARSERS["vllm"], v["args"])
+    flag_dump.check_argv(parser_of(s), s["args"])
+    flag_dump.check_argv(parser_of(v), v["args"])
     # One GPU, or a dense model: nothing to spread.
     assert option(plan("h100", 1, "sglang", mdl=real("Qwen3-30B-A3B")), "--ep-size") is None
     assert option(plan("h100", 2, "vllm", mdl=real("Llama-3.1-8B-Instruct")), "--enable-expert-parallel") is None
@@ -539,7 +555,7 @@ def test_every_plan_of_the_new_fixtures_parses():
         except PlanError as exc:
             assert "does not fit" in str(exc) or "preset fp8" in str(exc), (card, count, engine, name, str(exc))
             continue
-        flag_dump.check_argv(PARSERS[engine], p["args"])
+        flag_dump.check_argv(parser_of(p), p["args"])
         assert_full_names(p)
         planned.add(name)
     assert planned == set(NEW_MODELS)

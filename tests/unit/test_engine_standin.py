@@ -14,7 +14,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STANDIN_DIR = os.path.join(REPO, "lab", "engine_standin")
 sys.path.insert(0, STANDIN_DIR)
 
-from standin import flags  # noqa: E402  (lab code, not part of the collection)
+from standin import flags, launch  # noqa: E402  (lab code, not part of the collection)
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump as collection_flag_dump  # noqa: E402
+from ansible_collections.gpufleet.serving.plugins.module_utils import engine_plan, knowledge  # noqa: E402
 
 KEY = "sk-standin-secret"
 
@@ -123,17 +126,126 @@ def model(tmp_path):
     return make_model(tmp_path / "model")
 
 
-def test_parser_rebuilt_from_the_dump_accepts_full_names():
-    sglang = flags.build_parser(flags.load_dump("sglang", "0.5.23"), "sglang")
-    args = sglang.parse_args(["--model-path", "/m", "--tp-size", "2", "--context-length", "32K",
-                              "--dtype", "bfloat16", "--enable-tf32-matmul", "--no-lora-strict-loading"])
+def parse(engine, argv, version=None):
+    """The stand-in's own command-line check, in process: flags.build_parser + launch.flag_check."""
+    version = version or flags.DEFAULT_VERSIONS[engine]
+    entries = flags.load_dump(engine, version)
+    return launch.flag_check(engine, entries, flags.build_parser(engine, entries, engine), argv)
+
+
+def test_parser_is_the_collections_flag_dump_with_defaults_and_engine_conversions():
+    assert os.path.samefile(flags.flag_dump.__file__, collection_flag_dump.__file__)
+    args = parse("sglang", ["--model-path", "/m", "--tp-size", "2", "--context-length", "32Ki",
+                            "--dtype", "bfloat16", "--enable-tf32-matmul", "--no-lora-strict-loading"])
     assert (args.tp_size, args.context_length, args.dtype) == (2, 32768, "bfloat16")
-    assert (args.enable_tf32_matmul, args.lora_strict_loading, args.host) == (True, False, "127.0.0.1")
-    vllm = flags.build_parser(flags.load_dump("vllm", "0.33.0"), "vllm serve", positional_model="model_tag")
-    args = vllm.parse_args(["/m", "--max-model-len", "32k", "--disable-prefix-caching", "-ep",
-                            "--served-model-name", "a", "b", "--api-key", "k1", "k2"])
-    assert (args.model_tag, args.max_model_len, args.enable_prefix_caching) == ("/m", 32000, False)
+    assert (args.enable_tf32_matmul, args.lora_strict_loading, args.host, args.port) == (True, False, "127.0.0.1", 30000)
+    assert parse("sglang", ["--context-length", "25.6k"]).context_length == 25600  # SGLang: SI k/M/G/T, IEC Ki..
+    args = parse("vllm", ["/m", "--max-model-len", "32k", "--disable-prefix-caching", "-ep",
+                          "--served-model-name", "a", "b", "--api-key", "k1", "k2"])
+    assert (args.model_tag, args.max_model_len, args.enable_prefix_caching, args.port) == ("/m", 32000, False, 8000)
     assert (args.enable_expert_parallel, args.served_model_name, args.api_key) == (True, ["a", "b"], ["k1", "k2"])
+    assert parse("vllm", ["--max-model-len", "32K"]).max_model_len == 32768  # vLLM: uppercase is binary
+    assert parse("vllm", ["--max-model-len", "auto"]).max_model_len == -1
+    assert parse("vllm", ["--host", "None"]).host is None  # _optional_type
+
+
+def test_default_versions_are_the_tables():
+    assert flags.DEFAULT_VERSIONS == knowledge.load_knowledge()["default_versions"]
+
+
+def _cases(entries):
+    """Command lines derived from a dump: for each option a valid use and the ways it can be wrong
+    (missing value, bad choice, bad number, a prefix, a typo)."""
+    flags_in_dump = {f for e in entries for f in e["flags"]}
+    good = {"int": "1", "float": "0.5", "loads": "{}", "human_readable_int": "1k", "human_readable_int_or_auto": "2k"}
+    for entry in entries:
+        kind, flag = collection_flag_dump.flag_kind(entry), entry["flags"][-1]
+        if kind == "help":
+            continue
+        if flag.startswith("--") and flag[:-1] not in flags_in_dump:
+            yield [flag[:-1]] + ([] if kind in ("switch", "paired") else ["1"])
+        yield [flag + "-typo"]
+        if kind in ("switch", "paired"):
+            yield [flag]
+            continue
+        choices = [c for c in entry["choices"] or () if c is not None]
+        nargs = entry["nargs"]
+        value = str(choices[0]) if choices else good.get(entry["type"], "x")
+        yield [flag] + [value] * (2 if nargs in ("+", "*", 2) else 1)
+        if nargs not in ("?", "*"):
+            yield [flag]
+        if choices:
+            yield [flag, "no-such-choice"]
+        if entry["type"] in ("int", "float", "human_readable_int", "human_readable_int_or_auto", "loads"):
+            yield [flag, "not-a-number"]
+
+
+def _table_versions():
+    kn = knowledge.load_knowledge()
+    return [(e, v, kn["engines"][e][v]["flag_dump"]) for e in sorted(kn["engines"])
+            for v in knowledge.engine_versions(kn, e)]
+
+
+@pytest.mark.parametrize("engine, version, dump", _table_versions())
+def test_refuses_exactly_what_flag_dump_refuses_for_every_table_version(engine, version, dump):
+    """The planner's check (the collection's flag_dump, as the planner builds it) against the stand-in's,
+    over command lines derived from every option of the version's dump."""
+    planner = collection_flag_dump.build_parser(engine, version)
+    entries = flags.flag_dump.load_dump(os.path.join(REPO, "data", "engine_flags", dump))
+    standin = flags.build_parser(engine, entries, engine)
+    cases = list(_cases(entries))
+    refused = 0
+    for argv in cases:
+        try:
+            collection_flag_dump.check_argv(planner, argv)
+            expected = None
+        except collection_flag_dump.ArgvError as exc:
+            expected, refused = str(exc), refused + 1
+        try:
+            launch.flag_check(engine, entries, standin, argv)
+            got = None
+        except flags.ArgvError as exc:
+            got = str(exc)
+        assert got == expected, (argv, expected, got)
+    assert refused > len(cases) // 2 and refused < len(cases)  # the cases test both ways
+
+
+@pytest.mark.parametrize("engine, version, dump", _table_versions())
+def test_the_image_of_a_version_checks_against_that_versions_dump_and_reports_it(model, engine, version, dump):
+    """What labctl bakes into the image tagged as a version's real image: STANDIN_IMAGE_ENGINE,
+    STANDIN_ENGINE_VERSION, STANDIN_FLAG_DUMP. A flag only that version lacks is refused (exit 2)."""
+    env = standin_env(STANDIN_IMAGE_ENGINE=engine, STANDIN_ENGINE_VERSION=version, STANDIN_FLAG_DUMP=dump)
+    ours = {f for e in flags.flag_dump.load_dump(os.path.join(REPO, "data", "engine_flags", dump)) for f in e["flags"]}
+    others = set()
+    for _, other, other_dump in (v for v in _table_versions() if v[0] == engine and v[1] != version):
+        others |= {f for e in flags.flag_dump.load_dump(os.path.join(REPO, "data", "engine_flags", other_dump))
+                   for f in e["flags"]}
+    missing = sorted(f for f in others - ours if f.startswith("--"))
+    if missing:
+        done = subprocess.run(command(engine, model, [missing[0]]), env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and "unrecognized arguments: %s" % missing[0] in done.stderr, done.stderr
+    cli = [os.path.join(STANDIN_DIR, "bin", engine)] + (["--version"] if engine == "vllm" else ["version"])
+    shown = subprocess.run([sys.executable, *cli], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert shown.strip() == (version if engine == "vllm" else "sglang version: " + version)
+    other = "sglang" if engine == "vllm" else "vllm"
+    done = subprocess.run(command(other, model), env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 127 and "stands in for %s %s" % (engine, version) in done.stderr  # not in this image
+    with StandIn(engine, model, ["--api-key", KEY], **{k: env[k] for k in ("STANDIN_IMAGE_ENGINE",
+                                                                          "STANDIN_ENGINE_VERSION", "STANDIN_FLAG_DUMP")}) as server:
+        server.wait_ready()
+        path = "/version" if engine == "vllm" else "/get_server_info"
+        assert requests.get(server.url + path, headers=bearer(), timeout=5).json()["version"] == version
+
+
+def test_labctl_tags_the_standin_as_the_planners_image_of_every_table_version():
+    """lab/labctl.py reads the table (no hard-coded names): the image the planner picks for a version is
+    the stand-in of that version."""
+    sys.path.insert(0, os.path.join(REPO, "lab"))
+    import labctl
+    kn = knowledge.load_knowledge()
+    expected = sorted((engine_plan.image_ref(e, v, knowledge=kn), e, v, dump) for e, v, dump in _table_versions())
+    assert sorted(labctl.standin_images(labctl.load_knowledge())) == expected
+    assert len(expected) >= 2
 
 
 @pytest.mark.parametrize("engine, args, error", [
@@ -143,15 +255,18 @@ def test_parser_rebuilt_from_the_dump_accepts_full_names():
     ("sglang", ["--cuda-graph-max-bs", "8"], "unrecognized arguments: --cuda-graph-max-bs 8"),
     ("sglang", ["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
     ("sglang", ["--tp-size", "two"], "argument --tp-size/--tensor-parallel-size: invalid int value: 'two'"),
+    # flag_dump passes the form; SGLang's converter knows only k/M/G/T and Ki/Mi/Gi/Ti
+    ("sglang", ["--context-length", "32K"], "argument --context-length: invalid human_readable_int value: '32K'"),
     ("vllm", ["--swap-space", "4"], "unrecognized arguments: --swap-space 4"),  # removed in 0.20
     ("vllm", ["--enable-flashinfer"], "unrecognized arguments: --enable-flashinfer"),
     ("vllm", ["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
-    ("vllm", ["--max-model-len", "lots"], "argument --max-model-len: invalid human-readable integer"),
+    ("vllm", ["--max-model-len", "lots"], "argument --max-model-len: invalid human_readable_int_or_auto value: 'lots'"),
 ])
 def test_refuses_what_the_pinned_parser_refuses_with_exit_2(model, engine, args, error):
     rc, stderr = run_once(engine, model, args)
     assert rc == 2
     assert error in stderr
+    assert stderr.startswith("usage: ")  # a short usage line, then the error, as argparse prints them
 
 
 def test_sglang_serve_without_a_model_path_is_a_usage_error():

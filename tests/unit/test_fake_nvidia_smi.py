@@ -37,7 +37,7 @@ def fake(*args, profile="h100-80gb-hbm3", state_dir="/nonexistent", gpu_dir=GPUS
     if profile:
         env["GPUFLEET_FAKE_GPU_PROFILE"] = profile
     # Run with the test's interpreter: lab hosts use python3 through the shebang.
-    return subprocess.run([sys.executable, FAKE] + list(args), capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, FAKE] + list(args), capture_output=True, text=True, env=env, check=False)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -138,7 +138,8 @@ def test_preflight_per_host_tasks_template_no_filter():
         tasks = yaml.safe_load(handle)
     fleet_once = ("ansible.builtin.add_host",)  # runs once for the play whatever the hosts
     per_host = [t for t in tasks if not t.get("run_once") and not any(a in t for a in fleet_once)]
-    assert [t["name"] for t in per_host] == ["Read the GPU facts and compare the host with its last converged state"]
+    assert [t["name"] for t in per_host] == ["Read the GPU facts and compare the host with its last converged state",
+                                             "Plan each engine of the hosts that take the run, from the hub's config.json"]
     for task in per_host:
         values = json.dumps({k: v for k, v in task.items() if k != "name"})
         assert "|" not in values, "%s: %s" % (task["name"], values)

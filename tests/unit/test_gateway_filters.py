@@ -78,7 +78,8 @@ def test_capacity_guard_lets_a_model_with_nothing_serving_be_built():
 def test_summary_and_file_sd():
     hv = fleet()
     hv["gw"]["gateway_state"] = {"healthy": True, "url": "http://10.0.0.100:30080", "metrics": "10.0.0.100:29000",
-                                 "model": "qwen3", "policy": "cache_aware", "container": "gpufleet-gateway", "wanted": ["http://10.0.0.1:30000", "http://10.0.0.2:30001"],
+                                 "model": "qwen3", "policy": "cache_aware", "container": "gpufleet-gateway",
+                                 "wanted": ["http://10.0.0.1:30000", "http://10.0.0.2:30001"],
                                  "workers": [{"url": "http://10.0.0.1:30000", "status": "ready"},
                                              {"url": "http://10.0.0.3:30000", "status": "ready"}]}
     lines = gw.gateway_summary(hv, ["gw", "gw-llama"])
@@ -113,3 +114,31 @@ def test_a_malformed_fact_is_one_filter_error():
     with pytest.raises(AnsibleFilterError, match="gateway_backends"):
         filters["gateway_backends"]({"h": {"engine_served_model_name": "q", "engine_deployments": [{}],
                                            "engine_health_result": {"healthy": True}}}, ["h"], "q")
+
+
+def rolled_back(host, port, served, labels=True, healthy=True):
+    """`host` after a failed rollout: the plan moved the engine to `port`, the rollback restored a container of the
+    older release, whose labels say where it listens and what it serves."""
+    after = {"id": "c" * 12, "image": "old", "labels": {"gpufleet.port": "30000", "gpufleet.served_model_name": served}
+             if labels else {"gpufleet.engine": "sglang"}}
+    host.update(engine_deployments=[{"port": port}], engine_health_result={"healthy": healthy},
+                engine_rollout={"instances": [{"name": "gpufleet-engine", "before": after, "after": after, "replaced": True}],
+                                "rolled_back": True, "cause": "health gate: crashed; rolled back, now healthy"})
+    return host
+
+
+def test_a_rolled_back_host_is_registered_where_its_restored_container_listens():
+    hv = fleet()
+    rolled_back(hv["h1"], 31000, "qwen3")
+    assert gw.gateway_backends(hv, GPU_HOSTS, "qwen3")["workers"][0] == "http://10.0.0.1:30000"   # not 31000
+    # Not healthy again after the rollback, or restored from before the labels existed: left as the router has it.
+    for kwargs in ({"healthy": False}, {"labels": False}):
+        hv = fleet()
+        rolled_back(hv["h1"], 31000, "qwen3", **kwargs)
+        backends = gw.gateway_backends(hv, GPU_HOSTS, "qwen3")
+        assert "10.0.0.1" in backends["keep_addresses"] and not any("10.0.0.1" in w for w in backends["workers"])
+    # The restored release serves the old model name: it is no worker of the new name's router.
+    hv = fleet()
+    rolled_back(hv["h1"], 30000, "qwen2")
+    backends = gw.gateway_backends(hv, GPU_HOSTS, "qwen3")
+    assert not any("10.0.0.1" in w for w in backends["workers"]) and "10.0.0.1" not in backends["keep_addresses"]

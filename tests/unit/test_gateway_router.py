@@ -129,14 +129,14 @@ def test_joined_workers_become_ready_and_take_requests_for_both_engines(gateway,
     assert join(gateway, urls)["changed"] is False  # idempotent
 
     # Through the gateway with its key (forwarded to the engines, which share it); refused without.
-    for _ in range(len(urls)):
+    for _unused in range(len(urls)):
         resp = chat(gateway.url, SERVED, key=KEY)
         assert resp.status_code == 200, resp.text
     assert chat(gateway.url, SERVED, key="wrong").status_code == 401
 
 
 def test_a_drained_worker_gets_no_new_request_and_finishes_the_one_it_holds(gateway, engines):
-    sg1, sg2, _ = engines
+    sg1, sg2, _unused = engines
     join(gateway, [sg1.url, sg2.url])
     # A long stream that the router sends to one of the two (round robin): find which, drain it.
     holder = {}
@@ -167,7 +167,7 @@ def test_a_drained_worker_gets_no_new_request_and_finishes_the_one_it_holds(gate
     assert holder["ended"] > drain_started
     # New requests all go to the other engine.
     served_before = requests_served(busy)
-    for _ in range(4):
+    for _unused in range(4):
         assert chat(gateway.url, SERVED, key=KEY).status_code == 200
     assert requests_served(busy) == served_before
     # Draining again changes nothing.
@@ -176,7 +176,7 @@ def test_a_drained_worker_gets_no_new_request_and_finishes_the_one_it_holds(gate
 
 
 def test_inflight_counts_what_an_engine_holds_and_waits_until_it_is_idle(engines):
-    sglang, _, vllm = engines
+    sglang, _unused, vllm = engines
     for engine, name in ((sglang, "sglang"), (vllm, "vllm")):
         thread = threading.Thread(target=lambda: chat(engine.url, SERVED, stream=True, max_tokens=200).content)
         thread.start()
@@ -206,8 +206,8 @@ def test_present_makes_the_list_the_inventory_and_keeps_unknown_hosts(gateway, e
     result, failure = gateway_workers.converge(params(state="present", workers=[vl.url]), gateway.router)
     assert failure is None and sorted(result["removed"]) == sorted([sg1.url, sg2.url])
     assert [w["url"] for w in result["workers"]] == [vl.url]
-    check, _ = gateway_workers.converge(params(state="present", workers=[vl.url, sg1.url]), gateway.router,
-                                        check_mode=True)
+    check, _unused = gateway_workers.converge(params(state="present", workers=[vl.url, sg1.url]), gateway.router,
+                                              check_mode=True)
     assert check["changed"] and check["added"] == [sg1.url]
     assert [w["url"] for w in gateway.router.workers()] == [vl.url]  # check mode changed nothing
 
@@ -250,10 +250,10 @@ def test_a_dead_engine_is_taken_out_by_the_routers_health_checks(tmp_path, engin
         join(gw, [engines[0].url, doomed.url])
         doomed.proc.kill()
         doomed.proc.communicate()
-        met, workers, _ = gateway_api.wait_for(
+        met, workers, _unused = gateway_api.wait_for(
             gw.router, lambda ws: gateway_api.by_url(ws)[doomed.url]["status"] != "ready", 20, 0.2)
         assert met, workers
-        for _ in range(6):
+        for _unused in range(6):
             assert chat(gw.url, SERVED, key=KEY).status_code == 200
     finally:
         doomed.__exit__()

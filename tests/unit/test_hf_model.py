@@ -386,8 +386,28 @@ def test_hf_model_state_resolved_pins_a_tag_without_writing(hf_server, tmp_path)
     assert result["commit_sha"] == hf_server.sha(MAIN, "v1.0") != hf_server.sha(MAIN, "main")
     assert result["files"] == len(MAIN_FILES) - 1  # README.md came with the second commit
     assert result["gated"] is False and result["bytes"] > 3_000_000
-    assert hf_server.downloads(since=mark) == {}
+    # Only config.json is read (preflight plans every host from it); no weight file, nothing kept.
+    assert hf_server.downloads(since=mark) == {"config.json": 1}
     assert not any(tmp_path.iterdir()) or sorted(p.name for p in tmp_path.iterdir()) == ["hf-home"]
+
+
+def test_hf_model_state_resolved_returns_what_preflight_plans_from(hf_server, tmp_path):
+    """config.json at the resolved commit and the weight bytes the engines load, with no download of weights."""
+    result = run_module(hf_server, tmp_path, repo_id=MAIN, revision="main", state="resolved")
+    api = HfApi(endpoint=hf_server.endpoint)
+    config = json.loads(open(hf_hub_download(MAIN, "config.json", endpoint=hf_server.endpoint,
+                                             cache_dir=str(tmp_path / "c")), encoding="utf-8").read())
+    assert result["config"] == config and config["architectures"]
+    sizes = {s.rfilename: s.size for s in api.model_info(MAIN, files_metadata=True).siblings}
+    assert result["weights_bytes"] == sizes["model.safetensors"]
+
+
+def test_hf_model_state_resolved_gated_without_token_has_no_config(hf_server, tmp_path):
+    mark = hf_server.log_mark()
+    result = run_module(hf_server, tmp_path, repo_id=GATED, revision="main", state="resolved")
+    assert not result.get("failed"), result
+    assert result["config"] is None and result["gated"] is True
+    assert hf_server.downloads(since=mark) == {}
 
 
 def test_hf_model_state_present_needs_a_path(hf_server, tmp_path):

@@ -18,7 +18,7 @@ from test_hf_model import MAIN, MAIN_FILES, manifest, run_module, sha256_of, sta
 from test_model_fetch import FILES, write_snapshot
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot
-from fixtures.hf_server import HF_LAB, HfServer, hf_repos, hf_server, hf_server_slow  # noqa: F401
+from fixtures.hf_server import HF_LAB, HfServer, hf_repos, hf_server, hf_server_slow  # noqa: F401 (pytest fixtures, used by name)  # pylint: disable=unused-import
 
 sys.path.insert(0, HF_LAB)
 import build_repos  # noqa: E402  (lab/hf: the lab's repo builder)

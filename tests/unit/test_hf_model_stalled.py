@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from test_hf_model import MAIN, run_module
 
-from fixtures.hf_server import hf_repos, hf_server  # noqa: F401
+from fixtures.hf_server import hf_repos, hf_server  # noqa: F401 (pytest fixtures, used by name)  # pylint: disable=unused-import
 
 
 @pytest.fixture()

@@ -31,7 +31,7 @@ def test_default_path_is_found_from_the_module_not_the_cwd(tmp_path, monkeypatch
 
 
 def test_table_is_versioned_and_dated():
-    assert KN["schema_version"] == 1
+    assert KN["schema_version"] == 2
     assert re.match(r"^\d{4}\.\d{2}\.\d{2}-\d+$", KN["table_version"])
     assert re.match(r"^\d{4}-\d{2}-\d{2}$", KN["date"])
 
@@ -158,7 +158,7 @@ def broken(mutate):
 
 
 @pytest.mark.parametrize("mutate,names", [
-    (lambda t: t.update(schema_version=2), "schema_version"),
+    (lambda t: t.update(schema_version=1), "schema_version"),
     (lambda t: t["archs"]["8.9"].pop("bf16"), "archs.8.9"),
     (lambda t: t["archs"]["9.0"]["vllm"].update(default_attention="fa3"), "archs.9.0.vllm"),
     (lambda t: t["archs"]["12.0"]["driver"].update(open_kernel_module="maybe"), "open_kernel_module"),
@@ -177,6 +177,6 @@ def test_unreadable_table_is_a_knowledge_error(tmp_path):
     with pytest.raises(KnowledgeError, match="cannot read"):
         load_knowledge(str(tmp_path / "missing.yml"))
     path = tmp_path / "knowledge.yml"
-    path.write_text(yaml.safe_dump({"schema_version": 1}))
+    path.write_text(yaml.safe_dump({"schema_version": 2}))
     with pytest.raises(KnowledgeError, match="table_version"):
         load_knowledge(str(path))

@@ -78,12 +78,25 @@ def test_adopt_in_place_hashes_a_carried_snapshot_once_then_trusts_its_own_recor
     assert recorded["host"] == platform.node() and recorded["files"] == carried["files"]
     assert recorded["revision"] == "v1.0" and result["manifest"] == recorded
 
-    # Its own record now: a same-size corruption is only found with verify, like state=present.
-    flip_byte(snap / "model.safetensors")
+    # Its own record now: trusted with no hashing while the stat is the one recorded...
     assert adopt(snap, tmp_path)["changed"] is False
-    failed = adopt(snap, tmp_path, verify=True)
+    # ...but a same-size rewrite changes the stat (mtime, ctime), so it is hashed and found without verify,
+    # like state=present: a receiving host does not trust a file by its size.
+    flip_byte(snap / "model.safetensors")
+    failed = adopt(snap, tmp_path)
     assert failed["failed"] and "model.safetensors" in failed["msg"] and "manifest" in failed["msg"], failed
     assert own_manifest(snap) is None, "a dir holding a wrong file must not keep a manifest"
+
+
+def test_adopt_a_chown_is_hashed_once_then_trusted_again(tmp_path):
+    """A changed stat whose bytes are still right is re-recorded, so the next run hashes nothing."""
+    snap = tmp_path / "snap"
+    write_snapshot(str(snap))
+    assert adopt(snap, tmp_path)["changed"] is True
+    os.chmod(snap / "model.safetensors", 0o600)   # ctime moves, bytes do not
+    assert adopt(snap, tmp_path)["changed"] is False
+    recorded = own_manifest(snap)["stat"]["model.safetensors"]
+    assert recorded == hf_snapshot.file_stat(str(snap / "model.safetensors"))
 
 
 def test_adopt_in_place_a_wrong_carried_file_fails_and_leaves_no_manifest(tmp_path):
@@ -199,8 +212,9 @@ def test_adoption_plan_sorts_files_into_take_keep_missing_and_wrong(tmp_path):
 def test_adoption_plan_trusts_only_a_manifest_written_on_this_host(tmp_path):
     snap = str(tmp_path / "snap")
     manifest = write_snapshot(snap, host="this")
+    assert hf_snapshot.adoption_plan(snap, manifest, "this")["complete"]  # its own record, same stat: trusted
     flip_byte(os.path.join(snap, "model.safetensors"))
-    assert hf_snapshot.adoption_plan(snap, manifest, "this")["complete"]  # trusted by size
+    assert hf_snapshot.adoption_plan(snap, manifest, "this")["wrong"] == ["model.safetensors"]  # stat moved
     assert hf_snapshot.adoption_plan(snap, manifest, "this", deep=True)["wrong"] == ["model.safetensors"]
     assert hf_snapshot.adoption_plan(snap, manifest, "other")["wrong"] == ["model.safetensors"]
     os.makedirs(os.path.join(snap, hf_snapshot.INCOMING))

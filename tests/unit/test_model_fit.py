@@ -140,12 +140,12 @@ def test_fit_lowers_the_context_with_a_warning():
 
 
 def test_fit_applies_the_preset_cap():
-    result, _ = run_fit("Qwen3-14B", 80, context_cap=8192)
+    result, _unused = run_fit("Qwen3-14B", 80, context_cap=8192)
     assert result["context_length"] == 8192
 
 
 def test_tensor_parallel_splits_the_weights():
-    result, _ = run_fit("Qwen3-32B", 80, tp=2)
+    result, _unused = run_fit("Qwen3-32B", 80, tp=2)
     assert result["weights_per_gpu_bytes"] == -(-result["weights_bytes"] // 2)
 
 
@@ -264,7 +264,7 @@ def test_max_total_tokens_caps_the_kv_pool_and_the_context():
         run_fit("Qwen3-14B", 80, token_cap=8192, pinned_context=16384)
     with pytest.raises(PlanError, match="--max-total-tokens 1024 leaves a KV pool below 2048"):
         run_fit("Qwen3-14B", 80, token_cap=1024)
-    _, warnings = run_fit("Qwen3-14B", 32, token_cap=10 ** 7)
+    _unused, warnings = run_fit("Qwen3-14B", 32, token_cap=10 ** 7)
     assert any("uses the smaller" in w for w in warnings)
 
 

@@ -187,17 +187,17 @@ def test_collect_mixed_gpus_uses_lowest_cc():
     topo = "\tGPU0\tGPU1\nGPU0\t X \tSYS\nGPU1\tSYS\t X \n"
     runner = Runner({"--query-gpu": (0, H100_LINE + "\n" + l40s, ""), PENDING: (0, "0, Disabled, Disabled\n1, [N/A], [N/A]\n", ""),
                      "--version": (0, text(CAPTURE, "nvidia-smi-version.txt"), ""), "topo": (0, topo, "")})
-    facts, _ = smi.collect("nvidia-smi", runner, no_proc)
+    facts, _unused = smi.collect("nvidia-smi", runner, no_proc)
     assert (facts["compute_capability"], facts["architecture"]) == ("8.9", "ada")
     assert (facts["memory_total_mib"], facts["memory_min_mib"], facts["homogeneous"]) == (81559 + 46068, 46068, False)
 
 
 def test_collect_states_and_errors():
-    facts, _ = smi.collect(None, Runner({}), no_proc)
+    facts, _unused = smi.collect(None, Runner({}), no_proc)
     assert facts["state"] == "no_driver" and facts["count"] == 0 and facts["gpus"] == []
-    facts, _ = smi.collect("nvidia-smi", Runner({"--query-gpu": (9, NOT_LOADED, "")}), no_proc)
+    facts, _unused = smi.collect("nvidia-smi", Runner({"--query-gpu": (9, NOT_LOADED, "")}), no_proc)
     assert facts["state"] == "driver_not_loaded" and facts["message"].startswith("NVIDIA-SMI has failed")
-    facts, _ = smi.collect("nvidia-smi", Runner({"--query-gpu": (0, "", "")}), no_proc)
+    facts, _unused = smi.collect("nvidia-smi", Runner({"--query-gpu": (0, "", "")}), no_proc)
     assert facts["state"] == "no_gpu"
     with pytest.raises(smi.NvidiaSmiError, match="GPU is lost"):
         smi.collect("nvidia-smi", Runner({"--query-gpu": (15, "", "GPU is lost")}), no_proc)
@@ -352,7 +352,7 @@ def test_collect_reads_the_mig_devices_of_a_real_h100():
     assert [c[0] if c else "" for c in runner.calls] == [smi.QUERY_ARGS[0], "--version", PENDING, "-L", ""]
     assert warnings == [] and facts["mig_pending"] == [] and "mig_gpu_instances" not in facts
     assert facts["gpus"][0]["mig_mode_pending"] == "Enabled"
-    first, *_, last = facts["mig_devices"]
+    first, *_unused, last = facts["mig_devices"]
     assert first == {"index": 0, "gpu": 0, "device": 0, "uuid": "MIG-7089d0f3-293f-58c9-8f8c-5ea666eedbde",
                      "gpu_uuid": "GPU-b4895dbf-9350-2524-a89b-98161ddd9fe4", "profile": "3g.40gb",
                      "name": "NVIDIA H100 80GB HBM3 MIG 3g.40gb", "gi": 2, "ci": 0, "memory_mib": 40320,

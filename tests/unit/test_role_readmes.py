@@ -14,7 +14,7 @@ ROLES = sorted(os.listdir(os.path.join(REPO, "roles")))
 
 
 def test_every_readme_is_what_the_script_writes():
-    run = subprocess.run([sys.executable, SCRIPT, "--check"], capture_output=True, text=True, cwd=REPO)
+    run = subprocess.run([sys.executable, SCRIPT, "--check"], capture_output=True, text=True, cwd=REPO, check=False)
     assert run.returncode == 0, run.stderr
 
 

@@ -58,7 +58,7 @@ def test_dcgm_exporter_is_pinned_and_off_by_default():
 @pytest.mark.parametrize("playbook", ["site.yml", "playbooks/rollout.yml", "playbooks/benchmark.yml"])
 def test_playbooks_parse(playbook):
     done = subprocess.run([PLAYBOOK, "--syntax-check", playbook, "-e", "dcgm_exporter_enabled=true"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -73,5 +73,5 @@ def test_playbooks_parse(playbook):
 def test_plugin_documentation_renders(kind, plugins):
     doc = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
     done = subprocess.run([doc, "-t", kind, *("gpufleet.serving." + p for p in plugins)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and "ERROR" not in done.stderr, done.stderr

@@ -236,7 +236,7 @@ def entry(play):
 
 
 def test_site_locks_after_preflight_and_rollout_gives_back_last():
-    site = load("site.yml")
+    site = load("playbooks/site.yml")
     names = [p.get("name", "") for p in site]
     lock = names.index("Run lock - taken on every host this run changes")
     assert names[lock - 1].startswith("Preflight") and names[lock + 1].startswith("Host stack")
@@ -246,7 +246,9 @@ def test_site_locks_after_preflight_and_rollout_gives_back_last():
     names = [p["name"] for p in rollout]
     assert names.index("Run lock - taken on every host this rollout changes") < names.index(
         next(n for n in names if n.startswith("Roll the engine out")))
-    assert entry(rollout[-1]) == ("gpufleet.serving.preflight", "unlock")
+    # last but the outcome play, which only fails the run (a stopped rollout gives its locks back too)
+    assert entry(rollout[-2]) == ("gpufleet.serving.preflight", "unlock")
+    assert rollout[-1]["name"].startswith("Rollout outcome")
 
 
 @pytest.mark.parametrize("tasks", ["lock", "unlock"])

@@ -14,7 +14,7 @@ TOKEN = "hf_NeverInAFile0123456789"
 def files_holding(token, *roots):
     found = []
     for root in roots:
-        for folder, _, names in os.walk(root):
+        for folder, _unused, names in os.walk(root):
             for name in names:
                 path = os.path.join(folder, name)
                 try:
@@ -44,7 +44,7 @@ def test_a_controller_task_with_a_token_writes_no_file(tmp_path):
             assert files_holding(TOKEN, local_tmp, remote_tmp) == []
             time.sleep(0.2)
         assert proc.poll() is None, "the task ended before it could be watched: %s" % proc.stdout.read()
-        out, _ = proc.communicate(timeout=60)
+        out, _unused = proc.communicate(timeout=60)
     finally:
         silent.close()
         if proc.poll() is None:

@@ -32,7 +32,7 @@ def test_text_plus_tower_parameters_match_the_published_size(name):
 def test_tokens_per_image_follow_patch_and_merge_sizes():
     for name in VLMS:
         t = vision_fit.tower(model(name)["config"])
-        _, max_pixels, assumed = vision_fit.processor_pixels(t, "h")
+        _unused, max_pixels, assumed = vision_fit.processor_pixels(t, "h")
         assert not assumed
         # The processor's largest image: max_pixels / (patch x merge)^2 tokens after the merger.
         assert vision_fit.tokens_per_image(t, max_pixels) * (t["patch"] * t["merge"]) ** 2 == max_pixels

@@ -1,20 +1,38 @@
-"""Rebuild an engine's argparse parser from its pinned flag dump (data/engine_flags/*.json).
+"""The stand-in's command-line parser is the collection's own: plugins/module_utils/flag_dump.py
+(build_parser_from_dump / check_argv / ArgvError), so the test double refuses exactly what the planner's
+check refuses, for whichever engine version it stands in for. lab/labctl.py copies flag_dump.py beside
+this package in the image; in a checkout it is loaded from the collection itself.
 
-The dump records what the real parser accepts: option strings, choices, nargs and the
-name of the type/action callable. Custom types whose inner type the dump does not record
-(vLLM `_optional_type`, JSON/dataclass parsers) are accepted as strings.
-
-`allow_abbrev=False` on purpose: the real engines accept unambiguous prefixes
-(`--enable-flashinfer` silently becomes `--enable-flashinfer-allreduce-fusion` in SGLang),
-so a collection that emits prefixes would only work by accident. The stand-in refuses them.
+Only what the stand-in adds on top lives here: which version and dump it stands in for, the dump's
+defaults (flag_dump checks argv and leaves defaults out), and the conversion of the values it acts on
+(`--context-length 32k`, `--served-model-name None`): flag_dump checks their form, the engines convert.
 """
 import argparse
-import json
+import importlib.util
 import os
 import re
 
+# What an image built for no engine version in particular (the base image, a checkout) stands in for:
+# data/knowledge.yml default_versions (tests/unit/test_engine_standin.py keeps them equal).
 DEFAULT_VERSIONS = {"sglang": "0.5.23", "vllm": "0.33.0"}
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)  # /opt/standin in the image, lab/engine_standin in a checkout
+_COLLECTION_FLAG_DUMP = os.path.join(_ROOT, "..", "..", "plugins", "module_utils", "flag_dump.py")
+
+
+def _load_flag_dump():
+    """By path: module_utils is no importable package inside the image (and needs no Ansible)."""
+    for path in (os.path.join(_ROOT, "flag_dump.py"), _COLLECTION_FLAG_DUMP):
+        if os.path.exists(path):
+            spec = importlib.util.spec_from_file_location("flag_dump", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise ImportError("flag_dump.py is neither beside the stand-in nor in the collection (%s)" % _COLLECTION_FLAG_DUMP)
+
+
+flag_dump = _load_flag_dump()
+ArgvError = flag_dump.ArgvError
 
 
 def flags_dir():
@@ -22,96 +40,90 @@ def flags_dir():
     in a checkout, the collection's data/engine_flags."""
     if os.environ.get("STANDIN_FLAGS_DIR"):
         return os.environ["STANDIN_FLAGS_DIR"]
-    beside = os.path.join(os.path.dirname(_HERE), "engine_flags")
-    return beside if os.path.isdir(beside) else os.path.join(_HERE, "..", "..", "..", "data", "engine_flags")
+    beside = os.path.join(_ROOT, "engine_flags")
+    return beside if os.path.isdir(beside) else os.path.join(_ROOT, "..", "..", "data", "engine_flags")
+
+
+def image_engine():
+    """The engine this image stands in for ('' for the base image: either)."""
+    return os.environ.get("STANDIN_IMAGE_ENGINE") or ""
+
+
+def version_of(engine):
+    """The engine version the stand-in is: the one labctl baked into the image it tagged as that version's
+    real image (knowledge table engines.<engine>.<version>.image), else DEFAULT_VERSIONS."""
+    if image_engine() in ("", engine) and os.environ.get("STANDIN_ENGINE_VERSION"):
+        return os.environ["STANDIN_ENGINE_VERSION"]
+    return DEFAULT_VERSIONS[engine]
+
+
+def dump_path(engine, version):
+    """The table's flag_dump file name (STANDIN_FLAG_DUMP, baked with the version), else the convention."""
+    name = os.environ.get("STANDIN_FLAG_DUMP") if version == os.environ.get("STANDIN_ENGINE_VERSION") else None
+    return os.path.join(flags_dir(), name or "%s-%s.json" % (engine, version))
 
 
 def load_dump(engine, version):
-    with open(os.path.join(flags_dir(), f"{engine}-{version}.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return flag_dump.load_dump(dump_path(engine, version))
 
 
-def human_readable_int(value):
-    """'32k' -> 32000, '32K' -> 32768 (both engines: lowercase is decimal, uppercase binary)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)", value.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid human-readable integer: {value!r}")
-    number, suffix = m.groups()
-    scale = 1
-    if suffix:
-        base = 1000 if suffix.islower() else 1024
-        scale = base ** ("kmgt".index(suffix.lower()) + 1)
-    return int(float(number) * scale)
-
-
-def human_readable_int_or_auto(value):
-    return -1 if value.strip().lower() in ("auto", "-1") else human_readable_int(value)
-
-
-def optional_str(value):
-    return None if value == "None" else value
-
-
-def json_value(value):
-    try:
-        return json.loads(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid JSON: {exc}") from None
-
-
-TYPES = {
-    "int": int,
-    "float": float,
-    "human_readable_int": human_readable_int,
-    "human_readable_int_or_auto": human_readable_int_or_auto,
-    "_optional_type": optional_str,
-    "nullable_str": optional_str,
-    "loads": json_value,
-}
-
-
-class _OnOffAction(argparse.Action):
-    """`--x/--no-x` and `--enable-x/--disable-x` pairs (argparse.BooleanOptionalAction and
-    vLLM's EnableDisableAction): the option named after `dest` (or a short alias) sets True."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        kwargs.pop("nargs", None)
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-        self.positive = "--" + dest.replace("_", "-")
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        negative = option_string.startswith("--") and option_string != self.positive
-        setattr(namespace, self.dest, not negative)
-
-
-def _add_entry(parser, entry):
-    action = entry["action"]
-    kwargs = {"dest": entry["dest"], "default": entry["default"]}
-    if action == "_HelpAction":
-        return  # argparse adds -h/--help itself
-    if action in ("_StoreTrueAction", "DeprecatedStoreTrueAction"):
-        kwargs["action"] = "store_true"
-    elif action in ("BooleanOptionalAction", "EnableDisableAction"):
-        kwargs["action"] = _OnOffAction
-    else:
-        if action == "_AppendAction":
-            kwargs["action"] = "append"
-        if entry["nargs"] not in (None, 0):
-            kwargs["nargs"] = entry["nargs"]
-        if entry["choices"]:
-            kwargs["choices"] = entry["choices"]
-        kwargs["type"] = TYPES.get(entry["type"] or "", str)
-    parser.add_argument(*entry["flags"], **kwargs)
-
-
-def build_parser(entries, prog, positional_model=None):
-    """`positional_model` names the dest of an optional leading model argument
-    (`vllm serve <model_tag>`); the dumps only hold options. A short usage line keeps the
-    error visible in `docker logs --tail` (argparse prints usage before the error)."""
-    usage = f"{prog} [{positional_model}] [options]" if positional_model else f"{prog} [options]"
-    parser = argparse.ArgumentParser(prog=prog, usage=usage, allow_abbrev=False)
-    if positional_model:
-        parser.add_argument(positional_model, nargs="?")
-    for entry in entries:
-        _add_entry(parser, entry)
+def build_parser(engine, entries, prog):
+    """flag_dump's parser, with the dump's defaults (so `args.port` is 30000 / 8000 when not given)."""
+    parser = flag_dump.build_parser_from_dump(entries, prog, flag_dump.SUBCOMMAND_POSITIONALS.get(engine, ()))
+    parser.set_defaults(**{e["dest"]: e["default"] for e in entries
+                           if e["action"] != "_HelpAction" and e["default"] != argparse.SUPPRESS})
     return parser
+
+
+# --- values the stand-in acts on: the engines' own converters ------------------------------------------
+
+# SGLang (help of --context-length): SI k/M/G/T (decimals allowed) and IEC Ki/Mi/Gi/Ti, case-sensitive.
+_SGLANG_UNITS = {"k": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9, "T": 10 ** 12,
+                 "Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, "Ti": 2 ** 40}
+# vLLM (utils/argparse_utils.human_readable_int): lowercase decimal, uppercase binary without decimals.
+_VLLM_UNITS = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12,
+               "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def human_readable_int(engine, value):
+    """'32k' -> 32000; '32Ki' (SGLang) / '32K' (vLLM) -> 32768; ValueError for what the engine refuses."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", value.strip())
+    if not match:
+        raise ValueError(value)
+    number, suffix = match.groups()
+    if not suffix:
+        return int(number)
+    units = _SGLANG_UNITS if engine == "sglang" else _VLLM_UNITS
+    if suffix not in units:
+        raise ValueError(value)
+    decimal = suffix in ("k", "M", "G", "T") if engine == "sglang" else suffix.islower()
+    if not decimal and "." in number:
+        raise ValueError(value)  # both engines: no decimals with binary units
+    return int(float(number) * units[suffix])
+
+
+def _convert(engine, kind, value):
+    if kind == "human_readable_int":
+        return human_readable_int(engine, value)
+    if kind == "human_readable_int_or_auto":
+        return -1 if value in ("auto", "-1") else human_readable_int(engine, value)
+    if kind in ("_optional_type", "nullable_str"):
+        return None if value in ("", "None") else value  # vLLM _optional_type, SGLang nullable_str
+    return value
+
+
+def convert(engine, entries, args):
+    """Convert in place the string values flag_dump accepted as-is; raise ArgvError like argparse would."""
+    for entry in entries:
+        value, kind = getattr(args, entry["dest"], None), entry["type"]
+        if kind not in ("human_readable_int", "human_readable_int_or_auto", "_optional_type", "nullable_str"):
+            continue
+        try:
+            if isinstance(value, list):
+                value = [_convert(engine, kind, v) if isinstance(v, str) else v for v in value]
+            elif isinstance(value, str):
+                value = _convert(engine, kind, value)
+        except ValueError:
+            raise ArgvError("argument %s: invalid %s value: %r" % ("/".join(entry["flags"]), kind, value)) from None
+        setattr(args, entry["dest"], value)
+    return args

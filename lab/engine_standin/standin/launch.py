@@ -17,23 +17,48 @@ def _env_float(name, default):
     return float(os.environ.get(name, default))
 
 
+def usage_error(prog, message):
+    """What argparse prints for a refused command line, with a short usage line (the dumps' full usage
+    would push the error out of `docker logs --tail`): exit 2, as the real engines."""
+    usage = "%s [model_tag] [options]" % prog if prog.startswith("vllm") else "%s [options]" % prog
+    log("usage: %s\n%s: error: %s" % (usage, prog, message), sys.stderr)
+    raise SystemExit(2)
+
+
+def _refuse_other_engine(engine):
+    """An image tagged as one engine's real image has no other engine in it (lmsysorg/sglang has no vllm)."""
+    if flags.image_engine() not in ("", engine):
+        log("[standin] %s: not found: this image stands in for %s %s" % (engine, flags.image_engine(),
+                                                                         flags.version_of(flags.image_engine())),
+            sys.stderr)
+        raise SystemExit(127)
+
+
 def _parse(engine, argv, prog):
-    version = os.environ.get("STANDIN_ENGINE_VERSION") or flags.DEFAULT_VERSIONS[engine]
+    version = flags.version_of(engine)
     try:
         entries = flags.load_dump(engine, version)
     except FileNotFoundError:
         log(f"[standin] no flag dump for {engine} {version} in {flags.flags_dir()}", sys.stderr)
         raise SystemExit(1) from None
-    parser = flags.build_parser(entries, prog, positional_model="model_tag" if engine == "vllm" else None)
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        # Both engines turn a --config YAML file into command-line options that the command line
-        # itself overrides (SGLang server_args_config_parser.py, vLLM FlexibleArgumentParser).
-        # Like vLLM's _pull_args_from_config: a leading positional model stays first, so an nargs='+'
-        # option from the file (--api-key) cannot swallow it.
-        lead = argv[:1] if argv and not argv[0].startswith("-") else []
-        args = parser.parse_args(lead + _config_file_argv(args.config) + argv[len(lead):])
-    return version, parser, args
+    parser = flags.build_parser(engine, entries, prog)
+    try:
+        args = flag_check(engine, entries, parser, argv)
+        if getattr(args, "config", None):
+            # Both engines turn a --config YAML file into command-line options that the command line
+            # itself overrides (SGLang server_args_config_parser.py, vLLM FlexibleArgumentParser).
+            # Like vLLM's _pull_args_from_config: a leading positional model stays first, so an nargs='+'
+            # option from the file (--api-key) cannot swallow it.
+            lead = argv[:1] if argv and not argv[0].startswith("-") else []
+            args = flag_check(engine, entries, parser, lead + _config_file_argv(args.config) + argv[len(lead):])
+    except flags.ArgvError as exc:
+        usage_error(prog, exc)
+    return version, args
+
+
+def flag_check(engine, entries, parser, argv):
+    """flag_dump.check_argv (the planner's check), then the values converted as the engine does."""
+    return flags.convert(engine, entries, flags.flag_dump.check_argv(parser, argv))
 
 
 def _config_file_argv(path):
@@ -59,7 +84,7 @@ def _config_file_argv(path):
     return argv
 
 
-def _config(engine, version, parser, args):
+def _config(engine, version, prog, args):
     if engine == "vllm":
         path = args.model_tag or args.model  # cli/serve.py: the positional wins
         names = args.served_model_name or [path]
@@ -68,7 +93,7 @@ def _config(engine, version, parser, args):
         metrics_route, engine_metrics = True, not args.disable_log_stats
     else:
         if not args.model_path:
-            parser.error("the following arguments are required: --model-path/--model")
+            usage_error(prog, "the following arguments are required: --model-path/--model")
         path = args.model_path
         names = [args.served_model_name or path]
         keys = [args.api_key]  # SGLang 0.5.23 reads the key from --api-key only (no env var)
@@ -90,8 +115,9 @@ def _config(engine, version, parser, args):
 
 
 def run(engine, argv, prog):
-    version, parser, args = _parse(engine, argv, prog)
-    return serve(_config(engine, version, parser, args))
+    _refuse_other_engine(engine)
+    version, args = _parse(engine, argv, prog)
+    return serve(_config(engine, version, prog, args))
 
 
 def sglang_launch_server(argv=None):
@@ -103,7 +129,8 @@ def sglang_cli(argv=None):
     """`sglang serve [model] [flags]` (sglang/cli/main.py + cli/serve.py) and `sglang version`."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["version"]:
-        print(f"sglang version: {os.environ.get('STANDIN_ENGINE_VERSION') or flags.DEFAULT_VERSIONS['sglang']}")
+        _refuse_other_engine("sglang")
+        print(f"sglang version: {flags.version_of('sglang')}")
         return 0
     if argv[:1] != ["serve"]:
         log("usage: sglang {serve,generate,version} ...\nsglang: error: expected a subcommand", sys.stderr)
@@ -118,7 +145,8 @@ def vllm_cli(argv=None):
     """`vllm serve [model_tag] [flags]` and `vllm --version`."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["--version"], ["-v"]):
-        print(os.environ.get("STANDIN_ENGINE_VERSION") or flags.DEFAULT_VERSIONS["vllm"])
+        _refuse_other_engine("vllm")
+        print(flags.version_of("vllm"))
         return 0
     if argv[:1] != ["serve"]:
         log("usage: vllm serve [model_tag] [options]\nvllm: error: the stand-in only implements 'serve'",
