@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: gpufleet maintainers
 # Apache-2.0 (see galaxy.yml)
-"""The rollout's pacing checks (module_utils/rollout_pacing.py, rollout_max_fail_errors), its batch gate
-(rollout_gate) and the hosts it lost (rollout_unreachable).
+"""The rollout's pacing checks (module_utils/rollout_pacing.py, rollout_max_fail_errors) and its batch gate
+(rollout_gate).
 
 Documentation in the sidecar files of the same names."""
 from __future__ import absolute_import, division, print_function
@@ -93,13 +93,7 @@ def rollout_max_fail_errors(hostvars, hosts):
     return []
 
 
-def rollout_unreachable(hostvars, hosts):
-    """The hosts the rollout's probe found unreachable (engine_reach), in `hosts` order. `hostvars` may be
-    empty (--syntax-check templates play keywords without it)."""
-    return [h for h in hosts or [] if h in hostvars and (hostvars[h].get("engine_reach") or {}).get("unreachable")]
-
-
 class FilterModule:
     def filters(self):
         return {"rollout_pacing_errors": rollout_pacing_errors, "rollout_gate": rollout_gate,
-                "rollout_max_fail_errors": rollout_max_fail_errors, "rollout_unreachable": rollout_unreachable}
+                "rollout_max_fail_errors": rollout_max_fail_errors}

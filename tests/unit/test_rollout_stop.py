@@ -132,8 +132,3 @@ def test_one_rollout_max_fail_percentage_for_the_rollout():
     errors = MAX_FAIL_ERRORS(hv, HOSTS)
     assert errors == ["rollout_max_fail_percentage=150 is not a percentage from 0 to 100 (0: stop at the first failed "
                       "host) (b2). Fix: -e with a valid value (docs/rollout.md)"], errors
-
-
-def test_the_hosts_the_rollout_found_unreachable():
-    hv = fleet(b1="unreachable", b3="later")
-    assert Rollout().filters()["rollout_unreachable"](hv, HOSTS) == ["b1"]
