@@ -209,18 +209,33 @@ def flip_byte(fleet, host, path, offset=1000):
     fleet.sh(host, f"printf '\\x5a' | dd of={path} bs=1 seek={offset} conv=notrunc status=none")
 
 
+def rot_a_bit(fleet, host, snapshot_dir, name):
+    """Bit rot: one byte changes and the file's stat does not (the disk did it, not a writer). Simulated
+    by flipping the byte and re-recording the stat in the manifest, as if the stat had never moved."""
+    flip_byte(fleet, host, f"{snapshot_dir}/{name}")
+    fleet.sh(host, "python3 -c 'import json, os, sys\n"
+                   "m = sys.argv[1]; d = json.load(open(m)); st = os.stat(sys.argv[2])\n"
+                   "d[\"stat\"][sys.argv[3]] = {\"size\": st.st_size, \"mtime_ns\": st.st_mtime_ns,"
+                   " \"ctime_ns\": st.st_ctime_ns, \"ino\": st.st_ino}\n"
+                   "json.dump(d, open(m, \"w\"))'"
+                   f" {snapshot_dir}/{MANIFEST} {snapshot_dir}/{name} {name}")
+
+
 def test_a_corrupted_copy_is_found_and_resent_from_the_seed(fleet, first_run):
     b, c = fleet.hosts[1], fleet.hosts[2]
-    weights = f"{MAIN_DIR}/model.safetensors"
     good = fleet.sha256s(b, MAIN_DIR)["model.safetensors"]
-    flip_byte(fleet, b, weights)  # same size: only a re-hash can tell
+    rot_a_bit(fleet, b, MAIN_DIR, "model.safetensors")  # same size, same stat: only a re-hash can tell
+    flip_byte(fleet, c, f"{MAIN_DIR}/model.safetensors")  # same size, but a writer moved its stat
     fleet.sh(c, f"truncate -s 10 {MAIN_DIR}/config.json")
     mark = fleet.log_mark()
 
     rc, output, recap = fleet.run()
+    # Stats are checked on every run: c's rewrite is found without verify; b's rot is not.
     assert rc == 0, output[-5000:]
-    assert recap[c]["changed"] > 0 and recap[b]["changed"] == 0, recap  # sizes are checked on every run
+    assert recap[c]["changed"] > 0 and recap[b]["changed"] == 0, recap
     assert fleet.sha256s(c, MAIN_DIR) == {n: r["sha256"] for n, r in fleet.manifest(c, MAIN_DIR)["files"].items()}
+    assert fleet.sha256s(c, MAIN_DIR)["model.safetensors"] == good
+    assert fleet.sha256s(b, MAIN_DIR)["model.safetensors"] != good
 
     rc, output, recap = fleet.run(model_fetch_verify=True)
     assert rc == 0, output[-5000:]
