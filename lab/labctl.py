@@ -93,7 +93,7 @@ def ensure_docker():
     log("starting dockerd (its socket was missing)")
     with open(os.path.join(STATE, "dockerd.log"), "ab") as out:
         subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
-    for _ in range(60):
+    for _unused in range(60):
         if sh("docker", "info", check=False).returncode == 0:
             return
         time.sleep(1)
@@ -366,7 +366,7 @@ def ensure_hf_server(fleet):
         if not os.path.isdir(root):  # left by a deleted checkout: it would answer 404 for every repo
             log(f"stopping a stale Hugging Face server on {host}:{port} (its {root} is gone)")
             os.kill(pid, 15)
-            for _ in range(50):
+            for _unused in range(50):
                 if not hf_server_running(host, port):
                     break
                 time.sleep(0.1)
@@ -391,7 +391,7 @@ def ensure_hf_server(fleet):
             stdout=out, stderr=out, start_new_session=True)
     with open(os.path.join(hf_state, "server.pid"), "w") as f:
         f.write(str(proc.pid))
-    for _ in range(50):
+    for _unused in range(50):
         if hf_server_running(host, port):
             return
         time.sleep(0.2)

@@ -23,6 +23,7 @@ want=$(cat requirements.txt requirements-controller.txt | sha256sum | cut -d' ' 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] creating .venv from requirements.txt"
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  # --no-compile: Python compiles what it imports on first use, not the whole of every package.
+  .venv/bin/pip install -q --disable-pip-version-check --no-compile -r requirements.txt
   echo "$want" > "$stamp"
 fi

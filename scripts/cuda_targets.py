@@ -49,7 +49,7 @@ def scan_fatbins(blob):
             pos = blob.find(FATBIN_MAGIC, pos + 4)
             continue
         while entry + 32 <= end:
-            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", blob, entry)
+            kind, _unused, entry_header, payload = struct.unpack_from("<HHIQ", blob, entry)
             arch = struct.unpack_from("<I", blob, entry + 28)[0]
             flags = struct.unpack_from("<Q", blob, entry + 40)[0] if entry_header >= 48 else 0
             if kind not in KIND or entry_header < 32:

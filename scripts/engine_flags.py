@@ -144,9 +144,9 @@ def _check_choices(entry, options, where):
 
 def load_table(path=None):
     """The knowledge table through the collection's own loader (validation included)."""
-    sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+    sys.path.insert(0, os.path.join(ROOT, "plugins", "plugin_utils"))
     try:
-        import knowledge    # noqa: E402  (plain import: module_utils has no package imports)
+        import knowledge    # noqa: E402  (plain import: knowledge.py has no package imports)
     finally:
         sys.path.pop(0)
     return knowledge.load_knowledge(path)
@@ -237,7 +237,7 @@ def make_dump(engine, version):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     dump_cmd = sub.add_parser("dump", help="make data/engine_flags/ENGINE-VERSION.json from the real wheel, then check")
     dump_cmd.add_argument("engine", choices=("sglang", "vllm"))

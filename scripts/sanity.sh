@@ -14,19 +14,25 @@
 #   `pip install`), with the pip wheel downloaded from PyPI.
 # - HOME points at .cache/sanity/home for ansible-test: its sanity venvs (~/.ansible/test/venv) and that
 #   get-pip cache stay there, so a second run installs nothing. pip keeps the user's config and cache.
+# - `units` runs `ansible-test units` the same way: its venv gets ansible-test's pytest and the pins of
+#   tests/unit/requirements.txt. The tests that need docker, the lab or the real-parser venvs skip there.
 # Usage: scripts/sanity.sh [sanity|docs|all] [extra ansible-test sanity args]   (default: all)
+#        scripts/sanity.sh units [extra ansible-test units args, e.g. tests/unit/test_x.py]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 what=${1:-all}
 [ $# -gt 0 ] && shift
 CACHE=$ROOT/.cache/sanity
-COPY=$CACHE/ansible_collections/gpufleet/serving
+# units runs in a copy of its own (.cache/units): a sanity run at the same time re-syncs its copy under it.
+COLLECTIONS=$CACHE
+[ "$what" = units ] && COLLECTIONS=$ROOT/.cache/units
+COPY=$COLLECTIONS/ansible_collections/gpufleet/serving
 PY=$ROOT/.venv/bin/python
 mkdir -p "$CACHE/home" "$COPY"
 
 sync_copy() {
-  local list=$CACHE/files.txt
+  local list=$COLLECTIONS/files.txt
   git ls-files -z -co --exclude-standard --deduplicate | tr '\0' '\n' \
     | grep -v '^collections/' | while IFS= read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done \
     | sort >"$list"
@@ -37,8 +43,9 @@ sync_copy() {
   [ -d "$COPY/.git" ] || git init -q "$COPY"
 }
 
-run_sanity() {
-  local pip_version wheel_dir getpip
+run_ansible_test() {  # run_ansible_test sanity|units [args]
+  local command=$1 pip_version wheel_dir getpip
+  shift
   pip_version=$("$PY" -c "from types import SimpleNamespace as N
 from ansible_test._internal.python_requirements import get_venv_packages
 print(get_venv_packages(N(version='3.11'))['pip'])")
@@ -59,7 +66,7 @@ args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 sys.exit(main(["install", "--find-links", "$wheel_dir"] + args))
 EOF
   local config=${XDG_CONFIG_HOME:-$HOME/.config} cache=${XDG_CACHE_HOME:-$HOME/.cache}
-  (cd "$COPY" && XDG_CONFIG_HOME=$config XDG_CACHE_HOME=$cache HOME=$CACHE/home "$ROOT/.venv/bin/ansible-test" sanity --venv --python 3.11 --color no "$@")
+  (cd "$COPY" && XDG_CONFIG_HOME=$config XDG_CACHE_HOME=$cache HOME=$CACHE/home "$ROOT/.venv/bin/ansible-test" "$command" --venv --python 3.11 --color no "$@")
 }
 
 run_docs() {
@@ -82,8 +89,14 @@ run_docs() {
 
 sync_copy
 case $what in
-  sanity) run_sanity "$@" ;;
+  sanity) run_ansible_test sanity "$@" ;;
+  units)
+    # The unit tests run ansible-playbook, ansible-lint and `python -m ansible_collections...` with the
+    # checkout's collections/ (ansible.cfg's collections_path): the copy gets the same link back to its root.
+    mkdir -p "$COPY/collections/ansible_collections/gpufleet"
+    ln -sfn ../../.. "$COPY/collections/ansible_collections/gpufleet/serving"
+    run_ansible_test units "$@" ;;
   docs) run_docs ;;
-  all) rc=0; run_sanity "$@" || rc=$?; run_docs || rc=$?; exit "$rc" ;;
-  *) echo "usage: $0 [sanity|docs|all] [ansible-test sanity args]" >&2; exit 2 ;;
+  all) rc=0; run_ansible_test sanity "$@" || rc=$?; run_docs || rc=$?; exit "$rc" ;;
+  *) echo "usage: $0 [sanity|docs|all|units] [ansible-test args]" >&2; exit 2 ;;
 esac

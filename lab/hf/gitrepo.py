@@ -39,7 +39,7 @@ class GitRepo:
         refs = {"branches": {}, "tags": {}}
         for line in out.splitlines():
             name, obj, peeled = line.split("\0")
-            kind, _, short = name[len("refs/"):].partition("/")
+            kind, _unused, short = name[len("refs/"):].partition("/")
             refs["branches" if kind == "heads" else "tags"][short] = peeled or obj
         return refs
 

@@ -128,7 +128,7 @@ class HubHandler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization")
         if not header:
             return False
-        scheme, _, token = header.partition(" ")
+        scheme, _unused, token = header.partition(" ")
         token = token.strip().encode()
         if scheme.lower() == "bearer" and any(hmac.compare_digest(token, t) for t in self.server.tokens):
             return True
@@ -209,10 +209,14 @@ class HubHandler(BaseHTTPRequestHandler):
         if "lfs" in entry:
             digest = entry["lfs"]["sha256"]
             headers.update({"ETag": f'"{digest}"', "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(size)})
-            opener = lambda: open(repo.lfs_object(digest), "rb")  # noqa: E731
+
+            def opener():
+                return open(repo.lfs_object(digest), "rb")
         else:
             headers["ETag"] = f'"{entry["oid"]}"'
-            opener = lambda: io.BytesIO(repo.blob(entry["oid"]))  # noqa: E731
+
+            def opener():
+                return io.BytesIO(repo.blob(entry["oid"]))
         start, end, status = self._range(size, headers)
         headers["Content-Length"] = str(end - start)
         self._head(status, headers)

@@ -16,6 +16,7 @@ Each is a flat repository ("deb <url> /") with Packages, Release, InRelease and 
 Rebuilt only when this script or the stand-in files change.
 """
 import argparse
+import fcntl
 import gzip
 import hashlib
 import os
@@ -43,13 +44,15 @@ TOOLKITS = ["1.17.7", "1.17.8"]
 # nvidia.ko for the running kernel, here an empty ELF object carrying only the real .modinfo fields
 # (version, license) so that modinfo - which the role asks before it reboots - answers like on a
 # real host. The lab host's fake nvidia-smi then says "driver not loaded" until the (simulated) reboot.
+# (The backslash ending a line of the printf is Python's line continuation: the script gets one line.)
 KMOD_POSTINST = """#!/bin/sh
 set -e
 K=$(uname -r)
 D=/lib/modules/$K/updates/dkms
 mkdir -p "$D"
 T=$(mktemp -d)
-printf 'version=%(version)s\\0license=%(license)s\\0description=gpufleet lab stand-in, not a kernel module\\0name=nvidia\\0vermagic=%%s SMP mod_unload\\0' "$K" > "$T/modinfo"
+printf 'version=%(version)s\\0license=%(license)s\\0description=gpufleet lab stand-in, not a kernel module\\0\
+name=nvidia\\0vermagic=%%s SMP mod_unload\\0' "$K" > "$T/modinfo"
 as -o "$T/empty.o" /dev/null
 objcopy --add-section .modinfo="$T/modinfo" --set-section-flags .modinfo=alloc,readonly "$T/empty.o" "$D/nvidia.ko"
 rm -rf "$T"
@@ -237,6 +240,15 @@ def inputs_hash():
 
 
 def build(dest):
+    # The driver and toolkit Molecule scenarios run in different test lanes at once and both build here
+    # first: one builds, the other waits and finds it current.
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(os.path.join(os.path.dirname(dest), "build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build(dest)
+
+
+def _build(dest):
     state = os.path.dirname(dest)
     stamp = os.path.join(dest, ".inputs")
     wanted = inputs_hash()
@@ -266,7 +278,7 @@ def build(dest):
                 sign_flat_repo(out_dir, [packages_entry(d, out_dir) for d in debs], home, label)
     finally:
         # gpg started an agent for this home: stop it (it is ours).
-        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], stderr=subprocess.DEVNULL)
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], stderr=subprocess.DEVNULL, check=False)
     with open(os.path.join(tmp, ".inputs"), "w") as handle:
         handle.write(wanted)
     shutil.rmtree(dest, ignore_errors=True)

@@ -2,9 +2,9 @@
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.driver_packages import DriverPackageError
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_plan import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_plan import (
     activation, plan_driver, verify_loaded)
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_policy import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_policy import (
     DriverPolicyError, check_driver)
 
 

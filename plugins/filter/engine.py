@@ -4,10 +4,12 @@
 """Filters engine_plan, launch_args and model_fit (documentation in the sidecar .yml files)."""
 from __future__ import annotations
 
+import copy
+
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan, image_ref
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError, load_knowledge
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError, build_plan, image_ref
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import KnowledgeError, load_knowledge
 
 
 def engine_plan(gpu_facts, engine=None, model=None, preset="balanced", overrides=None, engine_version=None,
@@ -41,7 +43,17 @@ def engine_image_ref(engine, engine_version=None, image=None, gpu_facts=None):
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def engine_endpoints(engine, engine_version=None):
+    """The health, version and in-flight endpoints of one engine version, as a launch plan carries them
+    (``http``). For a container planned by an earlier run (a rollback target): its labels name its version,
+    whose endpoints may differ from the current one's. None when the version is not in the table (a
+    container from before versions were labelled): the module then uses the engine's newest."""
+    versions = load_knowledge()["engines"].get(engine) or {}
+    entry = versions.get(engine_version) if engine_version else None
+    return copy.deepcopy(entry["http"]) if entry else None
+
+
 class FilterModule:
     def filters(self):
         return {"engine_plan": engine_plan, "launch_args": launch_args, "model_fit": model_fit,
-                "engine_image_ref": engine_image_ref}
+                "engine_image_ref": engine_image_ref, "engine_endpoints": engine_endpoints}

@@ -5,17 +5,15 @@ knowledge table), what it keeps for a rollback (engine_rollback_plan) and its ro
 
 Documentation: the sidecar files converge_digests.yml, fleet_models.yml, model_key.yml, resolved_commits.yml,
 pinned_commit.yml, fleet_summary.yml, prometheus_file_sd.yml, engine_instances.yml, engine_rollback_plan.yml,
-engine_swap_repair.yml, engine_rollout_record.yml and engine_model_on_host.yml.
+engine_swap_repair.yml and engine_rollout_record.yml.
 """
-import base64
 import json
-import re
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy, hf_snapshot, weight_files
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import KnowledgeError
 
 
 def model_key(repo_id, revision, endpoint):
@@ -205,7 +203,7 @@ def prometheus_file_sd(hostvars, hosts, previous=None, inventory_hosts=None):
 
 
 def engine_instances(gpu_facts, instances=None, **kwargs):
-    """The engine role's deployments: one plan and container spec per instance (module_utils/engine_deploy)."""
+    """The engine role's deployments: one plan and container spec per instance (plugin_utils/engine_deploy)."""
     try:
         return engine_deploy.deployments(gpu_facts, instances, **kwargs)
     except (PlanError, KnowledgeError) as exc:
@@ -213,66 +211,18 @@ def engine_instances(gpu_facts, instances=None, **kwargs):
 
 
 def engine_rollback_plan(containers, names, replaced):
-    """The engine role's containers to keep for rollback (module_utils/engine_deploy.rollback_plan)."""
+    """The engine role's containers to keep for rollback (plugin_utils/engine_deploy.rollback_plan)."""
     return engine_deploy.rollback_plan(containers, list(names), list(replaced))
 
 
 def engine_swap_repair(containers):
-    """What an interrupted swap left to repair first (module_utils/engine_deploy.swap_repair)."""
+    """What an interrupted swap left to repair first (plugin_utils/engine_deploy.swap_repair)."""
     return engine_deploy.swap_repair(containers)
 
 
 def engine_rollout_record(before, after, names, replaced, restored=(), failure=None, healthy=None):
-    """The engine role's engine_rollout fact (module_utils/engine_deploy.rollout_record)."""
+    """The engine role's engine_rollout fact (plugin_utils/engine_deploy.rollout_record)."""
     return engine_deploy.rollout_record(before, after, list(names), list(replaced), list(restored), failure, healthy)
-
-
-def _slurped_json(result):
-    """The JSON a slurp loop result read, None when the file was not there or is not JSON."""
-    if not result or result.get("failed") or not result.get("content"):
-        return None
-    try:
-        return json.loads(base64.b64decode(result["content"]).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def engine_model_on_host(snapshots, manifests, indexes=None, host="this host"):
-    """gpufleet_model (model_fetch_fact's shape) from the snapshots a host already holds, for a run in which
-    model_fetch did not run (playbooks/rollout.yml alone): each snapshot dir's manifest, written last by the
-    fetch, says which commit it holds and the size of every file; the safetensors index, when there is one,
-    which of them the engines load. Nothing is fetched: a snapshot that is missing, of another repo, or at
-    another commit than a pinned revision is an error naming the dir and the fix.
-
-    `snapshots`: model_snapshots' list; `manifests`, `indexes`: slurp loop results over it (each snapshot's
-    .gpufleet-snapshot.json and model.safetensors.index.json). Returns {model, errors}."""
-    entries, errors = [], []
-    indexes = list(indexes or [])
-    for i, snapshot in enumerate(snapshots):
-        manifest = _slurped_json(manifests[i] if i < len(manifests) else None)
-        where = "%s: %s (%s)" % (host, snapshot["dir"], snapshot["repo_id"])
-        fix = "run site.yml (gpufleet.serving.site), which fetches it, before playbooks/rollout.yml alone"
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-            errors.append("%s holds no complete snapshot (no %s): %s" % (where, hf_snapshot.MANIFEST, fix))
-            continue
-        if manifest.get("repo_id") != snapshot["repo_id"]:
-            errors.append("%s holds a snapshot of %s: %s" % (where, manifest.get("repo_id"), fix))
-            continue
-        commit = manifest.get("commit_sha") or ""
-        pinned = str(snapshot.get("revision") or "")
-        if re.match(r"^[0-9a-f]{40}$", pinned) and pinned != commit:
-            errors.append("%s holds commit %s, the inventory pins %s: %s" % (where, commit[:12], pinned[:12], fix))
-            continue
-        sizes = {rel: f.get("size", 0) for rel, f in manifest["files"].items()}
-        index = _slurped_json(indexes[i] if i < len(indexes) else None)
-        entries.append({"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": snapshot["dir"],
-                        "commit_sha": commit, "bytes": manifest.get("bytes", sum(sizes.values())),
-                        "weights_bytes": weight_files.weights_bytes(sizes, index if isinstance(index, dict) else None)})
-    if errors:
-        return {"model": None, "errors": errors}
-    model = {key: entries[0][key] for key in ("repo_id", "dir", "commit_sha", "bytes", "weights_bytes")}
-    model["extra_models"] = entries[1:]
-    return {"model": model, "errors": []}
 
 
 class FilterModule:
@@ -281,4 +231,4 @@ class FilterModule:
                 "resolved_commits": resolved_commits, "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
                 "engine_rollback_plan": engine_rollback_plan, "engine_swap_repair": engine_swap_repair,
-                "engine_rollout_record": engine_rollout_record, "engine_model_on_host": engine_model_on_host}
+                "engine_rollout_record": engine_rollout_record}

@@ -12,7 +12,7 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_deploy
 from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_api import READY, address_of
 
 

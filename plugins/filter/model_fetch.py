@@ -53,10 +53,11 @@ def model_fetch_disagreement(hostvars, hosts):
 
 
 def model_fetch_fact(snapshots, results):
-    """gpufleet_model, the fact the engine role reads: the model's repo_id, dir, commit_sha, bytes (the whole
+    """gpufleet_model, the fact the engine role reads: the model's repo_id, dir (the snapshot's own dir, the
+    module's `path`: <home>/snapshots/<id> of its commit), commit_sha, bytes (the whole
     snapshot) and weights_bytes (the weight files the engines load: what the planner's fit counts), and
     the same for each extra model (with its name) under extra_models."""
-    entries = [{"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": snapshot["dir"],
+    entries = [{"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": result.get("path") or snapshot["dir"],
                 "commit_sha": result.get("commit_sha"), "bytes": result.get("bytes"),
                 "weights_bytes": result.get("weights_bytes")}
                for snapshot, result in zip(snapshots, results)]

@@ -7,9 +7,9 @@ Documentation: the sidecar files resolved_models.yml and engine_plan_errors.yml.
 """
 from __future__ import annotations
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import KnowledgeError
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import KnowledgeError
 
 
 def resolved_models(results):

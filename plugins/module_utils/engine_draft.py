@@ -23,7 +23,7 @@ DEFAULT_ALGORITHM = "EAGLE3"
 def snapshot_name(spec):
     """The name model_fetch gives an extra model: its `name`, else the repo's name (filter model_snapshots)."""
     repo_id = str(spec.get("repo_id") or "")
-    return spec.get("name") or repo_id.split("/")[-1]
+    return spec.get("name") or repo_id.rsplit("/", 1)[-1]
 
 
 def input_errors(host, values):

@@ -419,3 +419,207 @@ def claim_incoming(snapshot_dir, names):
             os.makedirs(os.path.dirname(os.path.join(claimed, rel)), exist_ok=True)
             os.replace(os.path.join(incoming, rel), os.path.join(claimed, rel))
     return claimed
+
+
+# -- one dir per snapshot, side by side under the model's home ------------------------------------
+# The engine mounts the dir of its own commit, so a fetch of another commit (or another file selection)
+# never writes into a dir a container reads: the files change with the host's rollout batch, not before.
+# Layout: <home>/snapshots/<id>/ with <id> = the commit sha, plus "-" and a short hash of the patterns
+# when allow/ignore patterns select the files (they change the files of one commit). Hosts fetched
+# before this layout hold one "legacy" snapshot directly in <home> (files + MANIFEST).
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_id(commit_sha, allow_patterns=None, ignore_patterns=None):
+    """The name of a snapshot's dir: the same on every host for the same bytes, another one for any other
+    commit or file selection ([] and None select the same files)."""
+    allow, ignore = list(allow_patterns or []), list(ignore_patterns or [])
+    if not allow and not ignore:
+        return commit_sha
+    digest = hashlib.sha256(json.dumps([allow, ignore]).encode("utf-8")).hexdigest()
+    return "%s-%s" % (commit_sha, digest[:12])
+
+
+def snapshot_path(home, commit_sha, allow_patterns=None, ignore_patterns=None):
+    return os.path.join(home, SNAPSHOTS, snapshot_id(commit_sha, allow_patterns, ignore_patterns))
+
+
+def home_of(snapshot_dir):
+    """The model's home of a per-commit snapshot dir; None for any other dir (a legacy or flat one)."""
+    parent = os.path.dirname(os.path.abspath(snapshot_dir))
+    return os.path.dirname(parent) if os.path.basename(parent) == SNAPSHOTS else None
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def list_snapshots(home):
+    """Every snapshot dir of a model's home, newest first: [{path, id, legacy, manifest, mtime}].
+    `manifest` is None for an incomplete dir (a fetch that did not finish, or one under way); `mtime`
+    is the manifest's (when the snapshot was last recorded complete), else the dir's."""
+    found = []
+    legacy = read_manifest(home)
+    if legacy is not None:
+        found.append({"path": os.path.abspath(home), "id": None, "legacy": True, "manifest": legacy,
+                      "mtime": _mtime(os.path.join(home, MANIFEST))})
+    root = os.path.join(home, SNAPSHOTS)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.abspath(os.path.join(root, name))
+        if name.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
+            continue  # lock files of the snapshot dirs, anything that is not a snapshot
+        manifest = read_manifest(path)
+        found.append({"path": path, "id": name, "legacy": False, "manifest": manifest,
+                      "mtime": _mtime(os.path.join(path, MANIFEST)) if manifest else _mtime(path)})
+    return sorted(found, key=lambda s: (-s["mtime"], s["path"]))
+
+
+def _selection(manifest):
+    return list(manifest.get("allow_patterns") or []), list(manifest.get("ignore_patterns") or [])
+
+
+def find_snapshot(home, revision, allow_patterns=None, ignore_patterns=None, repo_id=None):
+    """The complete snapshot of `home` a host serves for `revision`: with a commit sha, the one of that
+    commit and file selection (its dir, or a legacy snapshot in `home` recorded at it); with a branch or tag
+    (which cannot be resolved offline), the newest complete one of that selection. None when there is none."""
+    selection = (list(allow_patterns or []), list(ignore_patterns or []))
+    for snap in list_snapshots(home):
+        manifest = snap["manifest"]
+        if not manifest or _selection(manifest) != selection or (repo_id and manifest.get("repo_id") != repo_id):
+            continue
+        if not is_commit_sha(revision):
+            return snap
+        if manifest.get("commit_sha") == revision and (
+                snap["legacy"] or snap["id"] == snapshot_id(revision, *selection)):
+            return snap
+    return None
+
+
+def _matches(record, wanted):
+    """Whether a manifest record holds the bytes `wanted` describes: by sha256 when it is known (a manifest
+    record, or an LFS file's Hub metadata), else by the git blob id (a regular file's Hub metadata)."""
+    if record.get("size") != wanted.get("size"):
+        return False
+    sha256 = wanted.get("sha256") or wanted.get("lfs_sha256")
+    if sha256:
+        return record.get("sha256") == sha256
+    return bool(wanted.get("blob_id")) and record.get("blob_id") == wanted["blob_id"]
+
+
+def linkable(snapshot_dir, wanted, names, host, deep=False):
+    """Files of `names` that another snapshot of the same home (or the legacy one in it) already holds
+    with the same bytes: {path: (file to hard-link, its manifest record)}. They are linked instead of
+    being downloaded or received (same filesystem; the other dir is not touched). A file is taken when
+    its manifest was written on `host` and its stat is the one recorded with it, else only after it was
+    hashed (a carried-in or changed file), as `deep` always does. Only complete snapshots are sources."""
+    home = home_of(snapshot_dir)
+    if home is None or not names:
+        return {}
+    found = {}
+    own = os.path.abspath(snapshot_dir)
+    for snap in list_snapshots(home):
+        manifest = snap["manifest"]
+        if not manifest or snap["path"] == own:
+            continue
+        trusted_host = manifest.get("host") == host
+        stats = manifest.get("stat") or {}
+        for rel in names:
+            record = (manifest.get("files") or {}).get(rel)
+            if rel in found or not isinstance(record, dict) or not _matches(record, wanted[rel]):
+                continue
+            source = os.path.join(snap["path"], rel)
+            if not (trusted_host and not deep and stats.get(rel) is not None
+                    and _trusted(record, record, source, stats[rel])) and not verify_record(source, record):
+                continue
+            found[rel] = (source, {"size": record["size"], "sha256": record["sha256"], "blob_id": record["blob_id"]})
+    return found
+
+
+def link_into(target_dir, linked):
+    """Hard-links the files `linkable` found into `target_dir` (a staging dir), replacing nothing."""
+    for rel, (source, _record) in sorted(linked.items()):
+        dest = os.path.join(target_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.lexists(dest):
+            os.unlink(dest)
+        os.link(source, dest)
+
+
+# -- retention --------------------------------------------------------------------------------------
+
+
+def _inside(path, root):
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def in_use(snap, mounts):
+    """Whether a container (running or stopped) mounts the snapshot: a mount of its dir, of anything in it, or
+    of a dir above it (a whole model store); a legacy snapshot is its home's own files, so a mount of the home
+    or of a file in it (outside snapshots/)."""
+    for source in mounts:
+        if not source:
+            continue
+        if snap["legacy"]:
+            if _inside(source, snap["path"]) and not _inside(source, os.path.join(snap["path"], SNAPSHOTS)):
+                return True
+        elif _inside(source, snap["path"]) or (_inside(snap["path"], source)  # or a mount of a dir above it,
+                                               and os.path.abspath(source) != home_of(snap["path"])):
+            return True  # but a mount of the home is an engine of the legacy files, which never reads snapshots/
+    return False
+
+
+def prune_plan(snapshots, current, keep, mounts):
+    """Which snapshot dirs of a home to remove: all but the `keep` newest (`snapshots` as list_snapshots
+    orders them), counting `current` (the one the engine now serves, always kept) first; a dir any
+    container mounts is never removed (nor counted: it is not the operator's retention, it is in use), and a
+    legacy flat snapshot that was migrated into a dir of its commit is not counted either (a duplicate).
+    Returns {keep: [paths], remove: [paths], in_use: [paths]}."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1 (the snapshot the engine serves), got %r" % (keep,))
+    current = os.path.abspath(current)
+    used = [s["path"] for s in snapshots if in_use(s, mounts)]
+    kept = [current]
+    remove = []
+    # A legacy flat snapshot whose commit and selection have their own dir now was migrated: a duplicate.
+    migrated = {(s["manifest"].get("commit_sha"), json.dumps(_selection(s["manifest"])))
+                for s in snapshots if s["manifest"] and not s["legacy"]}
+    for snap in snapshots:
+        if snap["path"] == current or snap["path"] in used:
+            continue
+        duplicate = snap["legacy"] and (snap["manifest"].get("commit_sha"),
+                                        json.dumps(_selection(snap["manifest"]))) in migrated
+        if len(kept) < keep and snap["manifest"] is not None and not duplicate:
+            kept.append(snap["path"])
+        else:
+            remove.append(snap["path"])
+    return {"keep": kept, "remove": remove, "in_use": [p for p in used if p != current]}
+
+
+def remove_snapshot(snap):
+    """Deletes a snapshot: a per-commit dir whole; a legacy one file by file (its manifest first, so that it
+    never looks complete again), leaving <home>/snapshots and anything its manifest did not record."""
+    if not snap["legacy"]:
+        shutil.rmtree(snap["path"])
+        return
+    home = snap["path"]
+    remove_manifest(home)
+    for rel in sorted((snap["manifest"] or {}).get("files") or {}):
+        path = os.path.join(home, rel)
+        if safe_relpath(rel) and os.path.lexists(path) and not _inside(path, os.path.join(home, SNAPSHOTS)):
+            os.unlink(path)
+            parent = os.path.dirname(path)
+            while parent != home and _inside(parent, home):
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)

@@ -25,7 +25,7 @@ description:
     (API keys masked) instead of a bare timeout.
   - Never changes anything on the host or the server.
 author:
-  - gpufleet maintainers
+  - gpufleet maintainers (@gpufleet)
 attributes:
   check_mode:
     support: full
@@ -35,7 +35,7 @@ attributes:
     description: Returns no diff; nothing changes.
   idempotent:
     support: full
-    description: Only reads; RV(changed) is always V(false).
+    description: Only reads; C(changed) is always V(false).
 options:
   url:
     description: Base URL of the server, without a path.
@@ -299,7 +299,7 @@ def main():
             timeout=dict(type="float", default=600),
             interval=dict(type="float", default=5),
             smoke_prompt=dict(type="str", default="Reply with one short sentence."),
-            max_tokens=dict(type="int", default=32),
+            max_tokens=dict(type="int", default=32, no_log=False),  # a token count, not a secret
             container_name=dict(type="str"),
             image_check=dict(type="bool", default=False),
             endpoints=dict(type="dict"),

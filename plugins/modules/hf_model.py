@@ -42,6 +42,17 @@ description:
     M(ansible.posix.synchronize) from a host that fetched the snapshot once for the fleet), and records
     the snapshot as its own. It is how a fleet shares one download and how an air-gapped site adopts a
     snapshot that was carried in.
+  - With O(snapshots=true), O(path) is the model's home and each snapshot gets a dir of its own,
+    C(<path>/snapshots/<commit sha>) (plus C(-<hash of the patterns>) when O(allow_patterns) or
+    O(ignore_patterns) select the files), so a fetch of another commit never writes into a dir an engine mounts.
+    Files another snapshot of the same home already holds (a previous commit, or the flat snapshot of a
+    host fetched before this layout) are hard-linked, not downloaded or received (RV(linked_files)); a
+    file is linked only when that snapshot's manifest, written on this host, recorded it with the stat it
+    has, or after it was hashed.
+  - O(state=inspected) reads, offline, the complete snapshot of the home O(path) that O(revision) names
+    (the pinned commit's dir; the newest of that file selection for a branch or tag) and fails naming the
+    fix when there is none. O(state=pruned) removes, from the home of the snapshot dir O(path) (the one
+    the engine serves), the snapshot dirs beyond the O(keep) newest and not in O(mounts).
 
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -93,9 +104,30 @@ options:
         when it was delivered (so the next transfer sends it again), and removes the manifest of O(path)
         when O(path) holds it wrong. O(revision) must be the full commit sha the manifest records
         (nothing can be resolved offline); O(endpoint) and O(token) are not used.
+      - V(inspected) returns the snapshot of the home O(path) for O(revision), offline, changing nothing.
+      - V(pruned) removes old snapshot dirs beside O(path) (see O(keep), O(mounts)).
     type: str
-    choices: [present, resolved, adopted]
+    choices: [present, resolved, adopted, inspected, pruned]
     default: present
+  snapshots:
+    description:
+      - With O(state=present) or O(state=adopted), O(path) is the model's home and the snapshot goes into
+        C(<path>/snapshots/<id>), RV(path), named by the commit sha plus C(-) and 12 hex digits of the patterns'
+        hash when they select the files. Role C(model_fetch) sets it.
+    type: bool
+    default: false
+  keep:
+    description:
+      - With O(state=pruned), how many snapshot dirs of the home to keep, O(path) counted first, then the
+        newest complete ones (inventory variable C(model_fetch_keep_snapshots)). At least 1.
+    type: int
+    default: 2
+  mounts:
+    description:
+      - With O(state=pruned), the host paths the containers mount (running or stopped). A snapshot dir that
+        is one of them, is in one, or holds one is never removed, nor counted in O(keep).
+    type: list
+    elements: str
   manifest:
     description:
       - With O(state=adopted), the snapshot to adopt, the content of a C(.gpufleet-snapshot.json) as
@@ -224,8 +256,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 path:
-  description: The snapshot directory.
-  returned: when O(state=present)
+  description: The snapshot directory (with O(snapshots=true), the commit's own dir under the home).
+  returned: when O(state=present), O(state=adopted) or O(state=inspected)
   type: str
   sample: /srv/models/tiny-qwen2
 commit_sha:
@@ -296,6 +328,39 @@ resumed_files:
   type: list
   elements: str
   sample: [config.json, tokenizer.json]
+linked_files:
+  description:
+    - Files hard-linked from another snapshot of the same home instead of being downloaded or received
+      (O(snapshots=true); in check mode, the files that would be).
+  returned: when O(state=present) or O(state=adopted)
+  type: list
+  elements: str
+  sample: [model.safetensors]
+home:
+  description: The model's home.
+  returned: when O(state=inspected) or O(state=pruned)
+  type: str
+  sample: /srv/models/gpufleet--tiny-qwen2
+removed:
+  description: The snapshot dirs removed (in check mode, that would be).
+  returned: when O(state=pruned)
+  type: list
+  elements: str
+kept:
+  description: The snapshot dirs kept by O(keep), O(path) first.
+  returned: when O(state=pruned)
+  type: list
+  elements: str
+in_use:
+  description: Other snapshot dirs kept because a container mounts them.
+  returned: when O(state=pruned)
+  type: list
+  elements: str
+skipped:
+  description: Snapshot dirs to remove that another run holds the lock of (left for the next run).
+  returned: when O(state=pruned)
+  type: list
+  elements: str
 received_files:
   description: Delivered files (in C(.gpufleet-incoming/)) that this run verified and moved into place.
   returned: when O(state=adopted)
@@ -492,10 +557,12 @@ class HfModel:
         except OSError as err:
             self.fail(f"path {self.path} is not writable: {err}")
 
-    def apply(self, sha, expected, state, resumed, download):
+    def apply(self, sha, expected, state, resumed, download, linked):
         staging = self.prepare()
         hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
         records = dict(state["records"])
+        hf_snapshot.link_into(staging, linked)
+        records.update({rel: record for rel, (_source, record) in linked.items()})
         for rel, (staged, sha256) in resumed.items():  # verified in a dead run's staging dir (we hold the lock)
             os.makedirs(os.path.dirname(os.path.join(staging, rel)), exist_ok=True)
             os.replace(staged, os.path.join(staging, rel))
@@ -523,6 +590,9 @@ class HfModel:
         info = self.metadata()
         sha = info.sha
         expected = self.select(info)
+        p = self.module.params
+        if p["snapshots"] and p["state"] == "present":  # path is the model's home: this commit's own dir
+            self.path = hf_snapshot.snapshot_path(self.path, sha, p["allow_patterns"], p["ignore_patterns"])
         if self.module.params["state"] == "resolved":
             config, index = self.planning_files(sha, expected, info.gated)
             self.module.exit_json(changed=False, commit_sha=sha, revision=self.revision, gated=bool(info.gated),
@@ -537,7 +607,10 @@ class HfModel:
             lock_or_fail(self.module, self.path, self.fail)
         state = hf_snapshot.plan(self.path, expected, sha, deep=self.module.params["verify"])
         resumed = hf_snapshot.resumable(self.path, expected, state["fetch"])
-        download = [rel for rel in state["fetch"] if rel not in resumed]
+        # Files another snapshot of this home holds (the previous commit, a legacy flat dir) are hard-linked.
+        linked = hf_snapshot.linkable(self.path, expected, [r for r in state["fetch"] if r not in resumed],
+                                      platform.node(), deep=self.module.params["verify"])
+        download = [rel for rel in state["fetch"] if rel not in resumed and rel not in linked]
         download_bytes = sum(expected[rel]["size"] for rel in download)
         if download and info.gated and not self.token:
             self.fail(f"{self.repo_id} is a gated repo and {len(download)} file(s) must be downloaded: "
@@ -547,7 +620,7 @@ class HfModel:
         changed = not state["complete"]
         if changed and not self.module.check_mode:
             try:
-                self.apply(sha, expected, state, resumed, download)
+                self.apply(sha, expected, state, resumed, download, linked)
             except OSError as err:
                 self.fail(f"writing the snapshot into {self.path} failed: {err}")
         changed = set_attributes(self.module, self.path, expected, changed)
@@ -558,7 +631,7 @@ class HfModel:
             bytes=sum(e["size"] for e in expected.values()), files=len(expected),
             weights_bytes=loaded_weights_bytes(self.path, expected),
             downloaded_files=download, downloaded_bytes=download_bytes, resumed_files=sorted(resumed),
-            manifest=hf_snapshot.read_manifest(self.path),
+            linked_files=sorted(linked), manifest=hf_snapshot.read_manifest(self.path),
         )
 
 
@@ -569,6 +642,7 @@ class Adoption:
         self.module = module
         p = module.params
         self.repo_id, self.revision, self.path = p["repo_id"], p["revision"], p["path"]
+        self.legacy_home = None  # a snapshot carried in (or fetched before per-commit dirs) flat in the home
 
     def fail(self, msg, **extra):
         self.module.fail_json(msg=msg, repo_id=self.repo_id, revision=self.revision, path=self.path, **extra)
@@ -607,21 +681,33 @@ class Adoption:
             for rel in state["take"]:
                 os.renames(os.path.join(delivered, rel), os.path.join(incoming, rel))
             shutil.rmtree(delivered, ignore_errors=True)
+        removed = [self.path] if state["wrong"] else []
         if state["wrong"]:
             hf_snapshot.remove_manifest(self.path)
+        home = self.legacy_home  # the carried-in manifest in the home: it vouches for a file proven wrong
+        wrong = state["wrong"] + [os.path.join(home, rel) for rel in state["missing"]
+                                  if home and os.path.lexists(os.path.join(home, rel))]
+        if len(wrong) > len(state["wrong"]):
+            hf_snapshot.remove_manifest(home)  # so that it can never pass for complete
+            removed.append(home)
         where = f"{self.path} ({self.repo_id}@{manifest['commit_sha']})"
         details = []
         if state["rejected"]:
             details.append(f"delivered but not matching the manifest, deleted: {state['rejected']}")
-        if state["wrong"]:
-            details.append(f"on disk but not matching the manifest: {state['wrong']}, so the manifest of "
-                           f"{self.path} was removed")
+        if wrong:
+            details.append(f"on disk but not matching the manifest: {wrong}, so the manifest of "
+                           f"{' and '.join(removed)} was removed")
         self.fail(f"{where}: {len(state['missing'])} file(s) missing or not matching the manifest (size, "
                   f"sha256): {state['missing']}" + "".join("; " + d for d in details),
                   missing_files=state["missing"])
 
-    def apply(self, manifest, state, delivered):
+    def apply(self, manifest, state, delivered, linked):
+        os.makedirs(self.path, exist_ok=True)
         hf_snapshot.remove_manifest(self.path)  # from here on the dir must not look complete
+        if linked:
+            staging = hf_snapshot.new_staging(self.path)
+            hf_snapshot.link_into(staging, linked)
+            hf_snapshot.move_into_place(self.path, staging, sorted(linked), [])
         hf_snapshot.move_into_place(self.path, delivered, state["take"], state["stale"])
         shutil.rmtree(os.path.join(self.path, hf_snapshot.INCOMING), ignore_errors=True)
         hf_snapshot.remove_stagings(self.path)  # ours, and any a killed run left (we hold the lock)
@@ -630,10 +716,17 @@ class Adoption:
             manifest.get("allow_patterns"), manifest.get("ignore_patterns"), host=platform.node()))
 
     def run(self):
+        p = self.module.params
+        if p["snapshots"]:  # path is the model's home: the pinned commit's own dir
+            if not hf_snapshot.is_commit_sha(self.revision):
+                self.fail(f"revision '{self.revision}' cannot be resolved offline: pin the commit sha")
+            chosen = p if p["manifest"] is None else p["manifest"]  # the seed's selection names the dir, as there
+            self.path = hf_snapshot.snapshot_path(self.path, self.revision, chosen.get("allow_patterns"),
+                                                  chosen.get("ignore_patterns"))
         delivered = os.path.join(self.path, hf_snapshot.INCOMING)
         if not self.module.check_mode:  # see HfModel.run
             lock_or_fail(self.module, self.path, self.fail)
-        manifest = self.manifest()
+        manifest = self.carried_in() if p["snapshots"] and p["manifest"] is None else self.manifest()
         records = manifest["files"]
         if not self.module.check_mode:
             try:
@@ -642,12 +735,17 @@ class Adoption:
                 self.fail(f"adopting the snapshot in {self.path} failed: {err}")
         state = hf_snapshot.adoption_plan(self.path, manifest, platform.node(), deep=self.module.params["verify"],
                                           delivered_dir=delivered)
+        # What another snapshot of this home holds is hard-linked, not received (a transfer never sends it).
+        linked = hf_snapshot.linkable(self.path, records, [r for r in state["missing"] if r not in state["rejected"]],
+                                      platform.node(), deep=self.module.params["verify"])
+        state["missing"] = [r for r in state["missing"] if r not in linked]
+        state["wrong"] = [r for r in state["wrong"] if r not in linked]
         changed = not state["complete"]
         if changed and not self.module.check_mode:
             try:
                 if state["missing"]:
                     self.refuse(manifest, state, delivered)
-                self.apply(manifest, state, delivered)
+                self.apply(manifest, state, delivered, linked)
             except OSError as err:
                 self.fail(f"adopting the snapshot in {self.path} failed: {err}")
         changed = set_attributes(self.module, self.path, records, changed)
@@ -658,9 +756,74 @@ class Adoption:
             bytes=sum(r["size"] for r in records.values()), files=len(records),
             weights_bytes=loaded_weights_bytes(self.path, records),
             received_files=state["take"], received_bytes=sum(records[rel]["size"] for rel in state["take"]),
-            missing_files=state["missing"],
+            missing_files=state["missing"], linked_files=sorted(linked),
             manifest=manifest if self.module.check_mode else hf_snapshot.read_manifest(self.path),
         )
+
+    def carried_in(self):
+        """Offline adoption into a per-commit dir: the manifest carried in with the snapshot, in that dir
+        or (a snapshot carried in before this layout, or the host's own flat dir) in the home itself."""
+        if hf_snapshot.read_manifest(self.path) is None:
+            home = os.path.dirname(os.path.dirname(self.path))
+            legacy = hf_snapshot.read_manifest(home)
+            if legacy is not None and legacy.get("commit_sha") == self.revision:
+                self.module.params["manifest"] = legacy  # its files are linked into the commit's dir
+                self.legacy_home = home
+        return self.manifest()
+
+
+def inspected(module):
+    """state=inspected: the complete snapshot of the model's home (path) a host serves for revision,
+    read from disk only (playbooks/rollout.yml alone: nothing is fetched)."""
+    p = module.params
+    home = p["path"]
+    snap = hf_snapshot.find_snapshot(home, p["revision"], p["allow_patterns"], p["ignore_patterns"], p["repo_id"])
+    if snap is None:
+        module.fail_json(
+            msg=f"{home} holds no complete snapshot of {p['repo_id']}@{p['revision']} with allow_patterns "
+                f"{p['allow_patterns']} and ignore_patterns {p['ignore_patterns']}: run site.yml "
+                "(gpufleet.serving.site), which fetches it, before playbooks/rollout.yml alone",
+            path=home, repo_id=p["repo_id"], revision=p["revision"])
+    manifest = snap["manifest"]
+    records = manifest["files"]
+    module.exit_json(changed=False, path=snap["path"], home=home, commit_sha=manifest["commit_sha"],
+                     revision=p["revision"], bytes=sum(r["size"] for r in records.values()), files=len(records),
+                     weights_bytes=loaded_weights_bytes(snap["path"], records), manifest=manifest)
+
+
+def pruned(module):
+    """state=pruned: path is the snapshot dir the engine now serves; the other snapshot dirs of its home
+    beyond the keep newest, and not mounted by any container, are removed."""
+    p = module.params
+    current = os.path.abspath(p["path"])
+    home = hf_snapshot.home_of(current)
+    result = {"path": current, "home": home, "removed": [], "kept": [current], "in_use": [], "skipped": []}
+    if p["keep"] < 1:
+        module.fail_json(msg=f"keep must be at least 1 (the snapshot the engine serves), got {p['keep']}")
+    if home is None:
+        module.exit_json(changed=False, **result)  # a flat dir: one snapshot, nothing beside it
+    snapshots = hf_snapshot.list_snapshots(home)
+    plan = hf_snapshot.prune_plan(snapshots, current, p["keep"], p["mounts"] or [])
+    result.update(kept=plan["keep"], in_use=plan["in_use"])
+    by_path = {s["path"]: s for s in snapshots}
+    for path in plan["remove"]:
+        if module.check_mode:
+            result["removed"].append(path)
+            continue
+        try:  # a run fetching into it right now holds its lock: left for the next prune
+            fd = hf_snapshot.lock(path, 0) if not by_path[path]["legacy"] else None
+        except hf_snapshot.LockTimeout:
+            result["skipped"].append(path)
+            continue
+        try:
+            hf_snapshot.remove_snapshot(by_path[path])
+        except OSError as err:
+            module.fail_json(msg=f"removing the old snapshot {path} failed: {err}", **result)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        result["removed"].append(path)
+    module.exit_json(changed=bool(result["removed"]), **result)
 
 
 def lock_or_fail(module, path, fail):
@@ -708,7 +871,10 @@ def main():
             repo_id=dict(type="str", required=True),
             revision=dict(type="str", default="main"),
             path=dict(type="path"),
-            state=dict(type="str", choices=["present", "resolved", "adopted"], default="present"),
+            state=dict(type="str", choices=["present", "resolved", "adopted", "inspected", "pruned"], default="present"),
+            snapshots=dict(type="bool", default=False),
+            keep=dict(type="int", default=2),
+            mounts=dict(type="list", elements="str"),
             manifest=dict(type="dict"),
             allow_patterns=dict(type="list", elements="str"),
             ignore_patterns=dict(type="list", elements="str"),
@@ -722,11 +888,16 @@ def main():
             group=dict(type="str"),
             mode=dict(type="raw"),
         ),
-        required_if=[("state", "present", ["path"]), ("state", "adopted", ["path"])],
+        required_if=[("state", "present", ["path"]), ("state", "adopted", ["path"]), ("state", "inspected", ["path"]),
+                     ("state", "pruned", ["path"])],
         supports_check_mode=True,
     )
     if module.params["state"] == "adopted":  # offline: no huggingface_hub needed on the host
         Adoption(module).run()
+    elif module.params["state"] == "inspected":  # offline too
+        inspected(module)
+    elif module.params["state"] == "pruned":
+        pruned(module)
     elif HF_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("huggingface_hub"), exception=HF_IMPORT_ERROR)
     else:

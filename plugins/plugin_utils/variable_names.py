@@ -42,7 +42,8 @@ RUNTIME_NAMES = frozenset((
     "container_toolkit_daemon_written", "container_toolkit_docker_changed", "container_toolkit_config_changes",
     # model_fetch
     "model_fetch_result", "model_fetch_snapshots", "model_fetch_snapshot_results", "model_fetch_fleet_wants",
-    "model_fetch_lacking", "model_fetch_seed_adopted", "model_fetch_seed_fetched",
+    "model_fetch_lacking", "model_fetch_seed_adopted", "model_fetch_seed_fetched", "model_fetch_containers",
+    "engine_snapshots_found",
     # engine (deploy, rollback, health, gateways, benchmark, report)
     "engine_plan", "engine_deployments", "engine_health_result", "engine_health_results", "engine_rollout",
     "engine_address", "engine_after", "engine_before", "engine_check", "engine_container", "engine_drain_wait",

@@ -229,7 +229,7 @@ def test_secrets_were_used(fleet, first_run):
         assert hx(host, models % "").stdout == "401"
         assert hx(host, models % ("-H 'Authorization: Bearer %s'" % KEY)).stdout == "200"
         # The gated snapshot is there, and only a valid token opens the lab's gated repo.
-        manifest = hx(host, "cat %s/.gpufleet-snapshot.json" % GATED_DIR)
+        manifest = hx(host, "cat %s/snapshots/*/.gpufleet-snapshot.json" % GATED_DIR)  # the commit's own dir
         assert manifest.returncode == 0 and json.loads(manifest.stdout)["repo_id"] == GATED, manifest.stderr
 
 

@@ -21,7 +21,10 @@ FLEET_FILE = os.path.join(REPO_ROOT, "tests", "integration", "fleets", "fetch1.y
 LABCTL = os.path.join(REPO_ROOT, "lab", "labctl.py")
 HOST_IMAGE = "gpufleet/lab-host:bookworm"
 MAIN, DRAFT, GATED = "gpufleet/tiny-qwen2", "gpufleet/tiny-qwen2-draft", "gpufleet/tiny-qwen2-gated"
-MAIN_DIR, DRAFT_DIR = "/srv/models/gpufleet--tiny-qwen2", "/srv/models/gpufleet--tiny-qwen2-draft"
+# Each commit in a dir of its own under the model's home (docs/model_fetch.md); the lab inventory pins v1.0.
+MAIN_HOME, DRAFT_HOME = "/srv/models/gpufleet--tiny-qwen2", "/srv/models/gpufleet--tiny-qwen2-draft"
+V1, MAIN_SHA = "0bd5fd24e3dc83924a8c235f3824371e3a6896e9", "38f9117fe9090e70c2089b9fa8c25e5f960fb1fd"
+MAIN_DIR = f"{MAIN_HOME}/snapshots/{V1}"
 MANIFEST = ".gpufleet-snapshot.json"
 
 PLAYBOOK = """
@@ -115,6 +118,9 @@ class Fleet:
         with open(os.path.join(self.facts_dir, f"{host}.json")) as f:
             return json.load(f)
 
+    def inode(self, host, path):
+        return self.sh(host, f"stat -c %i {path}").stdout.strip()
+
     def log_mark(self):
         return os.path.getsize(self.access_log)
 
@@ -177,7 +183,8 @@ def test_fleet_mode_downloads_each_file_once_for_the_whole_fleet(fleet, first_ru
         assert {(MAIN, name) for name in manifest["files"]} <= set(downloads)
         assert fleet.sha256s(host, MAIN_DIR) == {n: r["sha256"] for n, r in manifest["files"].items()}
         commits.add(manifest["commit_sha"])
-        assert fleet.fact(host)["commit_sha"] == manifest["commit_sha"]
+        assert fleet.fact(host)["commit_sha"] == manifest["commit_sha"] == V1
+        assert fleet.fact(host)["dir"] == MAIN_DIR  # the commit's own dir: what the engine mounts
         assert not fleet.sh(host, f"test -e {MAIN_DIR}/.gpufleet-incoming", check=False).returncode == 0
     assert len(commits) == 1
     assert first_run["clients"].isdisjoint(fleet.ips.values()), "only the controller talks to the HF server"
@@ -187,12 +194,13 @@ def test_the_draft_model_arrives_through_the_same_path(fleet, first_run):
     downloads = first_run["downloads"]
     assert {name for repo, name in downloads if repo == DRAFT} >= {"config.json", "model.safetensors"}
     for host in fleet.hosts:
-        manifest = fleet.manifest(host, DRAFT_DIR)
-        assert manifest["repo_id"] == DRAFT and manifest["host"] == host
-        assert fleet.sha256s(host, DRAFT_DIR) == {n: r["sha256"] for n, r in manifest["files"].items()}
         (draft,) = fleet.fact(host)["extra_models"]
+        manifest = fleet.manifest(host, draft["dir"])
+        assert draft["dir"] == f"{DRAFT_HOME}/snapshots/{manifest['commit_sha']}"
+        assert manifest["repo_id"] == DRAFT and manifest["host"] == host
+        assert fleet.sha256s(host, draft["dir"]) == {n: r["sha256"] for n, r in manifest["files"].items()}
         # weights_bytes: what the engine loads (its one safetensors file), what the planner sizes the draft by
-        assert draft == {"name": "draft", "repo_id": DRAFT, "dir": DRAFT_DIR,
+        assert draft == {"name": "draft", "repo_id": DRAFT, "dir": draft["dir"],
                          "commit_sha": manifest["commit_sha"], "bytes": manifest["bytes"],
                          "weights_bytes": manifest["files"]["model.safetensors"]["size"]}
 
@@ -203,6 +211,32 @@ def test_second_run_changes_nothing_and_downloads_nothing(fleet, first_run):
     assert rc == 0, output[-5000:]
     assert {h: r["changed"] for h, r in recap.items()} == {h: 0 for h in fleet.hosts}, output[-5000:]
     assert fleet.downloads(mark) == {}
+
+
+def test_a_new_commit_goes_beside_the_old_one_and_only_changed_files_travel(fleet, first_run):
+    """A new revision lands in a dir of its own on every host: the old commit's dir (what a running engine mounts)
+    is not touched, the files both commits share are hard-linked from it, and only the changed ones are
+    downloaded once and sent. Back on v1.0 (the next tests), the hosts have nothing to do."""
+    old = {h: (fleet.manifest(h, MAIN_DIR), fleet.sha256s(h, MAIN_DIR), fleet.inode(h, f"{MAIN_DIR}/config.json"))
+           for h in fleet.hosts}
+    mark = fleet.log_mark()
+    rc, output, recap = fleet.run(model_fetch_revision=MAIN_SHA)
+    assert rc == 0, output[-5000:]
+    assert fleet.downloads(mark) == {(MAIN, "README.md"): 1, (MAIN, "generation_config.json"): 1}
+    new_dir = f"{MAIN_HOME}/snapshots/{MAIN_SHA}"
+    for host in fleet.hosts:
+        assert fleet.fact(host)["dir"] == new_dir and fleet.manifest(host, new_dir)["host"] == host
+        assert (fleet.manifest(host, MAIN_DIR), fleet.sha256s(host, MAIN_DIR),
+                fleet.inode(host, f"{MAIN_DIR}/config.json")) == old[host], f"{host}: the old commit's dir changed"
+        assert fleet.inode(host, f"{new_dir}/model.safetensors") == fleet.inode(host, f"{MAIN_DIR}/model.safetensors")
+        assert fleet.inode(host, f"{new_dir}/generation_config.json") != fleet.inode(
+            host, f"{MAIN_DIR}/generation_config.json")
+    mark = fleet.log_mark()
+    rc, output, recap = fleet.run()
+    assert rc == 0, output[-5000:]
+    # The controller's cache (one dir per repo) goes back to v1.0's file; the hosts still hold v1.0: nothing to do.
+    assert fleet.downloads(mark) == {(MAIN, "generation_config.json"): 1}
+    assert all(recap[h]["changed"] == 0 for h in fleet.hosts[1:]), recap  # the seed's task counts on the first
 
 
 def flip_byte(fleet, host, path, offset=1000):
@@ -284,14 +318,15 @@ def test_a_preseeded_dir_is_adopted_offline_and_a_wrong_file_fails(fleet, first_
     rc, output, recap = fleet.run("--limit", c, model_fetch_dir="/srv/preseed/good", **offline)
     assert rc == 0, output[-5000:]
     assert recap[c]["changed"] > 0
-    assert fleet.manifest(c, "/srv/preseed/good")["host"] == c
+    assert fleet.manifest(c, f"/srv/preseed/good/snapshots/{V1}")["host"] == c  # linked into the commit's dir
     rc, output, recap = fleet.run("--limit", c, model_fetch_dir="/srv/preseed/good", **offline)
     assert rc == 0 and recap[c]["changed"] == 0, output[-5000:]
 
     rc, output, recap = fleet.run("--limit", c, model_fetch_dir="/srv/preseed/bad", **offline)
     assert rc != 0
     assert "tokenizer.json" in output and "not matching the manifest" in output, output[-3000:]
-    assert fleet.manifest(c, "/srv/preseed/bad") is None
+    assert fleet.manifest(c, "/srv/preseed/bad") is None  # the carried-in manifest no longer vouches for it
+    assert fleet.manifest(c, f"/srv/preseed/bad/snapshots/{V1}") is None
     assert fleet.requests(mark) == [], "offline mode contacted the HF server"
 
 
@@ -300,12 +335,13 @@ def test_fleet_mode_offline_shares_the_seeds_carried_in_copy(fleet, first_run):
     b = fleet.hosts[1]
     fleet.reset([b])
     mark = fleet.log_mark()
-    draft_sha = fleet.manifest(fleet.hosts[0], DRAFT_DIR)["commit_sha"]  # offline: pinned to a sha
+    draft_sha = fleet.fact(fleet.hosts[0])["extra_models"][0]["commit_sha"]  # offline: pinned to a sha
     rc, output, recap = fleet.run(model_fetch_offline=True, model_fetch_hf_endpoint=f"http://{fleet.gateway}:9",
                                   model_fetch_extra_models=[{"repo_id": DRAFT, "name": "draft", "revision": draft_sha}])
     assert rc == 0, output[-5000:]
     assert recap[b]["changed"] > 0 and all(recap[h]["changed"] == 0 for h in fleet.hosts if h != b), recap
-    assert fleet.manifest(b, MAIN_DIR)["host"] == b and fleet.manifest(b, DRAFT_DIR)["host"] == b
+    assert fleet.manifest(b, MAIN_DIR)["host"] == b
+    assert fleet.manifest(b, f"{DRAFT_HOME}/snapshots/{draft_sha}")["host"] == b
     assert fleet.requests(mark) == []
 
 
@@ -338,5 +374,6 @@ def test_verbose_fleet_run_with_a_token_never_shows_it(fleet, first_run):
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output  # it was passed, and masked
     assert {name for repo, name in fleet.downloads(mark) if repo == GATED} >= {"model.safetensors"}
     for host in fleet.hosts:
-        assert fleet.manifest(host, "/srv/models/gpufleet--tiny-qwen2-gated")["repo_id"] == GATED
+        assert fleet.fact(host)["dir"].startswith("/srv/models/gpufleet--tiny-qwen2-gated/snapshots/")
+        assert fleet.manifest(host, fleet.fact(host)["dir"])["repo_id"] == GATED
         assert fleet.sh(host, f"grep -rqF {token} /srv/models /root /tmp", check=False).returncode == 1

@@ -22,7 +22,7 @@ import yaml
 import lab
 from lab import RECAP_LINE, REPO_ROOT, VENV_BIN, ansible_env
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import knowledge
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import knowledge
 
 pytestmark = pytest.mark.lab
 
@@ -63,7 +63,7 @@ def run(fleet, playbook, *args):
     """ansible-playbook on the rollout fleet with the API key; returns (rc, output, recap by host)."""
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), playbook, "-i", INVENTORY, "-e", "@" + fleet["secrets"],
            "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), *args]
-    res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=REPO_ROOT, env=ansible_env(), capture_output=True, text=True, check=False)
     return res.returncode, res.stdout + res.stderr, recap_of(res.stdout)
 
 
@@ -73,7 +73,7 @@ def recap_of(output):
 
 
 def hx(host, script):
-    return subprocess.run(["docker", "exec", PREFIX + host, "bash", "-c", script], capture_output=True, text=True)
+    return subprocess.run(["docker", "exec", PREFIX + host, "bash", "-c", script], capture_output=True, text=True, check=False)
 
 
 def containers(host):
@@ -92,7 +92,7 @@ def http(host, path, key=None, port=None):
     auth = "-H 'Authorization: Bearer %s'" % key if key else ""
     res = hx(host, "curl -s -o /tmp/body -w '%%{http_code}' %s http://127.0.0.1:%d%s; echo; cat /tmp/body"
              % (auth, port or PORTS[ENGINES[host]], path))
-    status, _, body = res.stdout.partition("\n")
+    status, _unused, body = res.stdout.partition("\n")
     return int(status or 0), body
 
 
@@ -161,7 +161,7 @@ def test_prometheus_targets_cover_the_fleet(fleet, first_run):
 
 
 def test_api_key_is_required_and_never_exposed(first_run):
-    rc, output, _ = first_run
+    rc, output, _unused = first_run
     assert KEY not in output, "the API key is in the -vvvv output"
     for host in HOSTS:
         assert http(host, "/v1/models")[0] == 401
@@ -190,8 +190,8 @@ def test_second_run_changes_nothing(fleet, first_run):
 
 def test_benchmark_writes_csv_and_plot_per_group(fleet, first_run):
     out = fleet["work"] / "bench"
-    rc, output, _ = run(fleet, "playbooks/benchmark.yml", "-e", "benchmark_output_dir=%s" % out,
-                        "-e", "benchmark_requests=6", "-e", "benchmark_max_tokens=16")
+    rc, output, _unused = run(fleet, "playbooks/benchmark.yml", "-e", "benchmark_output_dir=%s" % out,
+                              "-e", "benchmark_requests=6", "-e", "benchmark_max_tokens=16")
     assert rc == 0, output[-4000:]
     assert sorted(os.listdir(out)) == ["hopper.csv", "hopper.svg", "l40s.csv", "l40s.svg", "turing.csv", "turing.svg"]
     with open(out / "l40s.csv") as f:
@@ -254,6 +254,56 @@ def test_engine_crashing_at_start_on_the_canary_is_rolled_back(fleet, first_run)
     assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "ROLLED-BACK", rows
     assert "No module named 'sglang'" in output
     assert "rolled back to the previous container (gpufleet-engine: %s), now healthy" % lab_image in output
+
+
+MODEL_HOME = "/srv/models/gpufleet--tiny-qwen2"
+MAIN_SHA = "38f9117fe9090e70c2089b9fa8c25e5f960fb1fd"   # the lab repo's main: v1.0 + README.md, other generation_config
+
+
+def model_mount(host):
+    """(host dir mounted at /models/model, the gpufleet.model_sha label) of the host's engine."""
+    inspect = json.loads(hx(host, "docker inspect gpufleet-engine").stdout)[0]
+    source = next(m["Source"] for m in inspect["Mounts"] if m["Destination"] == "/models/model")
+    return source, inspect["Config"]["Labels"]["gpufleet.model_sha"]
+
+
+def dir_state(host, path):
+    """Every file of a dir (its manifest included): name, inode, size, mtime and sha256."""
+    return hx(host, "cd %s && find . -type f -printf '%%P %%i %%s %%T@\\n' | sort && "
+                    "find . -type f -print0 | sort -z | xargs -0 sha256sum" % path).stdout
+
+
+def test_a_model_change_with_a_failed_canary_leaves_every_other_host_on_its_commit(fleet, first_run):
+    """Issue 16: a new model commit and an engine that crashes at start on the canary. The host stack fetches the
+    new commit on every host into a dir of its own; no engine's files change before its rollout batch. The canary
+    is rolled back to its container, which mounts the old commit's dir (its label says so) and is healthy; the
+    other hosts' engines never restart and their files and manifests are as they were."""
+    if hx(CANARY, "docker image inspect gpufleet/engine-standin:0.2.0").returncode:   # made by the crash test
+        made = hx(CANARY, "docker create --name mk %s >/dev/null && docker commit --change "
+                          "'ENV PYTHONPATH=/opt/engine-missing' mk gpufleet/engine-standin:0.2.0 && docker rm mk"
+                  % engine(CANARY)[2])
+        assert made.returncode == 0, made.stderr
+    before = {h: engine(h) for h in HOSTS}
+    mounts = {h: model_mount(h) for h in HOSTS}
+    assert all(src.startswith(MODEL_HOME + "/snapshots/") and src.endswith(sha) for src, sha in mounts.values()), mounts
+    files = {h: dir_state(h, mounts[h][0]) for h in HOSTS}
+    assert all(".gpufleet-snapshot.json" in f and "model.safetensors" in f for f in files.values()), files
+    rc, output, recap = run(fleet, "site.yml", *FAST, "-e", "model_fetch_revision=" + MAIN_SHA,
+                            "-e", "engine_image=gpufleet/engine-standin:0.2.0", "-e", '{"engine_image_archive": null}')
+    assert rc != 0 and recap[CANARY]["failed"] == 1, output[-4000:]
+    rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
+    assert rows[CANARY].split()[-1] == "ROLLED-BACK", rows
+    for host in HOSTS:
+        # The new commit waits beside the old one, complete, for the host's next rollout.
+        new = json.loads(hx(host, "cat %s/snapshots/%s/.gpufleet-snapshot.json" % (MODEL_HOME, MAIN_SHA)).stdout)
+        assert new["commit_sha"] == MAIN_SHA and new["host"] == host
+        assert model_mount(host) == mounts[host], host            # the old commit's dir, labelled with it
+        assert dir_state(host, mounts[host][0]) == files[host], "%s: the mounted snapshot changed" % host
+    assert_untouched(before)                                      # never restarted, nothing -previous
+    restored = engine(CANARY)
+    assert restored[0] == before[CANARY][0] and restored[3] and set(containers(CANARY)) == {"gpufleet-engine"}
+    status, body = http(CANARY, "/v1/models", KEY)
+    assert status == 200 and "tiny-qwen2" in body
 
 
 def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
@@ -468,7 +518,6 @@ def test_a_host_back_with_its_previous_container_running_converges_in_one_run(fl
     assert "port is already allocated" not in output
 
 
-
 def test_the_installed_collection_runs_rollout_alone_and_site_from_a_directory_of_its_own(fleet, first_run, tmp_path):
     """Issue 15: the tarball `ansible-galaxy collection build` makes, installed (offline: its dependencies are the
     ones the ansible package bundles) into an empty directory with the user's own ansible.cfg and inventory (the
@@ -482,27 +531,27 @@ def test_the_installed_collection_runs_rollout_alone_and_site_from_a_directory_o
     env.update(HOME=str(user), ANSIBLE_FORCE_COLOR="0")
     galaxy = os.path.join(VENV_BIN, "ansible-galaxy")
     built = subprocess.run([galaxy, "collection", "build", "--output-path", str(tmp_path), REPO_ROOT], cwd=str(user),
-                           env=env, capture_output=True, text=True)
+                           env=env, capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stdout + built.stderr
     # What a user writes: where collections go, and readable output.
     (user / "ansible.cfg").write_text("[defaults]\ncollections_path = ./collections\ncallback_result_format = yaml\n")
     tarball = next(str(p) for p in tmp_path.iterdir() if p.name.endswith(".tar.gz"))
     installed = subprocess.run([galaxy, "collection", "install", "--offline", "-p", "./collections", tarball],
-                               cwd=str(user), env=env, capture_output=True, text=True)
+                               cwd=str(user), env=env, capture_output=True, text=True, check=False)
     assert installed.returncode == 0 and "gpufleet.serving:" in installed.stdout, installed.stdout + installed.stderr
     shutil.copytree(INVENTORY, user / "inventory")          # group_vars is a link into this checkout: copied
     playbook = os.path.join(VENV_BIN, "ansible-playbook")
 
     def run_user(name, *args):
         res = subprocess.run([playbook, name, "-v", "-i", "inventory", "-e", "@" + fleet["secrets"], *args],
-                             cwd=str(user), env=env, capture_output=True, text=True)
+                             cwd=str(user), env=env, capture_output=True, text=True, check=False)
         output = res.stdout + res.stderr
         assert "Using %s as config file" % (user / "ansible.cfg") in output, output[-3000:]
         return res.returncode, output
 
     # The only gpufleet.serving Ansible sees there is the installed one.
     listed = subprocess.run([galaxy, "collection", "list", "gpufleet.serving"], cwd=str(user), env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert listed.returncode == 0 and str(user / "collections" / "ansible_collections") in listed.stdout, listed.stdout
     assert REPO_ROOT not in listed.stdout and ".ansible/collections" not in listed.stdout, listed.stdout
 
@@ -563,5 +612,5 @@ def test_a_daemon_json_change_restarts_docker_one_batch_at_a_time(fleet, first_r
 
 def instant(stamp):
     """Seconds of Docker's RFC 3339 timestamps ('2026-12-04T04:22:37.98667057Z': the fraction's trailing zeros cut)."""
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    whole, _unused, fraction = stamp.rstrip("Z").partition(".")
     return datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").timestamp() + float("0." + (fraction or "0"))

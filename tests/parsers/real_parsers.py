@@ -265,7 +265,7 @@ def _vllm_cpu_platform():
     """vLLM >= 0.3x picks its CpuPlatform from VLLM_TARGET_DEVICE=cpu; older releases ignore the
     variable (only a `+cpu` build or macOS select it) and end on UnspecifiedPlatform, which cannot
     build the parser. There, select the same CpuPlatform the variable selects in later releases."""
-    import vllm.platforms as platforms
+    from vllm import platforms
 
     # `import vllm` may already have resolved it (to UnspecifiedPlatform, whose device_type is "")
     if not platforms.current_platform.device_type:

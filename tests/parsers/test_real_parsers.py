@@ -31,8 +31,8 @@ import time
 import pytest
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import DRAFT_MOUNT
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import engine_versions, load_knowledge
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import engine_versions, load_knowledge
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -105,7 +105,7 @@ PREFIX_TRAPS = {
     "vllm": [(["--enable-flashinfer"], "--enable-flashinfer-autotune"),
              (["--disable-flashinfer"], "--disable-flashinfer-autotune")],
 }
-TRAP_FLAGS = {engine: {extra[0] for extra, _ in traps} for engine, traps in PREFIX_TRAPS.items()}
+TRAP_FLAGS = {engine: {extra[0] for extra, _unused in traps} for engine, traps in PREFIX_TRAPS.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,8 +149,8 @@ def _variants(engine, version):
     yield "api_key", {"api_key": True}, {}
     for algorithm in sorted(ev["speculative"]["algorithms"]):
         # The path the engine role mounts the draft snapshot at (module_utils/engine_draft.py).
-        yield "draft-%s" % algorithm, {}, {"draft_path": DRAFT_MOUNT,
-                                          "draft_algorithm": algorithm, "draft_weights_bytes": 1 << 28}
+        yield "draft-%s" % algorithm, {}, {"draft_path": DRAFT_MOUNT, "draft_algorithm": algorithm,
+                                           "draft_weights_bytes": 1 << 28}
 
 
 def _pins(engine, version, card):
@@ -250,21 +250,33 @@ def _stamp_state(engine, version):
 
 def _start_builds():
     """Start setup_venv.sh for every per-version venv that is not ready (all at once: pip is
-    mostly download and unzip). {(engine, version): (Popen, log path, start time)}."""
+    mostly download and unzip). {(engine, version): (Popen, log path, start time)}.
+
+    .venv-parsers itself comes first, and is waited for: the per-version venvs hard-link torch from it.
+    setup_venv.sh holds a lock per venv, so a build already under way (scripts/test.sh starts them all
+    while the lab comes up) is waited for rather than started twice."""
     builds = {}
     if not BUILD:
         return builds
     logs = os.path.join(ROOT, ".cache")
     os.makedirs(logs, exist_ok=True)
-    for engine, version in VERSIONS:
-        name = _venv(engine, version)[0]
-        if not name or _stamp_state(engine, version) is None:
-            continue
-        log = os.path.join(logs, "setup-venv-parsers-%s.log" % name)
+
+    def start(name):
+        log = os.path.join(logs, "setup-venv-parsers%s.log" % ("-" + name if name else ""))
         with open(log, "w", encoding="utf-8") as handle:
-            proc = subprocess.Popen(["bash", os.path.join(HERE, "setup_venv.sh"), name], cwd=ROOT,
-                                    stdout=handle, stderr=subprocess.STDOUT)
-        builds[engine, version] = (proc, log, time.monotonic())
+            proc = subprocess.Popen(["bash", os.path.join(HERE, "setup_venv.sh")] + ([name] if name else []),
+                                    cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        return proc, log, time.monotonic()
+
+    pending = [(engine, version) for engine, version in VERSIONS if _stamp_state(engine, version) is not None]
+    base = [key for key in pending if not _venv(*key)[0]]
+    if base:
+        build = start("")
+        build[0].wait(timeout=1200)
+        builds.update((key, build) for key in base)
+    for key in pending:
+        if key not in base:
+            builds[key] = start(_venv(*key)[0])
     return builds
 
 
@@ -399,7 +411,7 @@ def real(venv_builds, matrix, tmp_path_factory, capsys_session_print):
         requests[key].append({"engine": key[0], "resolve": _table_flags(*key)})
     for engine, plan in _base_plans(plans).items():
         key = (engine, KN["default_versions"][engine])
-        for extra in REJECTED[engine] + [extra for extra, _ in PREFIX_TRAPS[engine]]:
+        for extra in REJECTED[engine] + [extra for extra, _unused in PREFIX_TRAPS[engine]]:
             requests[key].append({"engine": engine, "args": list(plan["args"]) + extra})
     parsers = RealParsers(requests, venv_builds)
     parsers.config_file = config_file
@@ -454,11 +466,11 @@ def test_every_generated_plan_parses_with_the_real_parsers(real, matrix, engine,
         distinct.add(tuple(args))
         verdict = real.check(engine, version, args)
         if not verdict["ok"]:
-            failures.append("%s\n    %s\n    -> [%s] %s" % (context, " ".join(plan["argv"]), verdict["stage"],
-                                                          verdict["error"]))
+            failures.append("%s\n    %s\n    -> [%s] %s"
+                            % (context, " ".join(plan["argv"]), verdict["stage"], verdict["error"]))
         elif verdict["abbreviations"]:
             abbreviated.append("%s: %s" % (context, verdict["abbreviations"]))
-    cards = sorted({context[0] for context, _ in plans})
+    cards = sorted({context[0] for context, _unused in plans})
     summary = ("%s %s: %d plans on %d cards, %d distinct argvs, %d combinations refused by the planner, "
                "%d rejected by the real parser, %d planner crashes"
                % (engine, version, len(plans), len(cards), len(distinct), refused[engine, version],

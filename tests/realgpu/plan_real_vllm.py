@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "collections"))
 from ansible_collections.gpufleet.serving.plugins.module_utils import weight_files  # noqa: E402
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import build_plan  # noqa: E402
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import build_plan  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "real_h200")
 ENGINE, ENGINE_VERSION = "vllm", "0.26.0"

@@ -4,7 +4,7 @@
 #   $OUT/check_driver_probes.txt  what the driver role reads, read by hand (read-only commands)
 #   $OUT/check_driver.txt         tests/realgpu/check_driver.yml with --check --diff, and its exit code
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:?set OUT}
 SMI=/usr/local/nvidia/bin/nvidia-smi
 

@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT=${OUT:?set OUT}
 bash .rengine1/stage1.sh 2>&1 | tee "$OUT/stage1.txt"
-[ "${PIPESTATUS[0]}" = 0 ] && grep -q STAGE1_OK "$OUT/stage1.txt" || { echo STAGE1_FAILED; exit 2; }
+if ! { [ "${PIPESTATUS[0]}" = 0 ] && grep -q STAGE1_OK "$OUT/stage1.txt"; }; then echo STAGE1_FAILED; exit 2; fi
 python3 tests/fixtures/real_h100/collect.py /usr/local/nvidia/bin/nvidia-smi > /tmp/stage/facts.json || exit 2
 cp /tmp/tiny-qwen2/config.json "$OUT/tiny-qwen2-config.json"
 python3 tests/realgpu/plan_real_vllm.py --facts /tmp/stage/facts.json --model-dir /tmp/tiny-qwen2 \

@@ -9,8 +9,9 @@ OUT=${OUT:?set OUT}
 # STAGE/SITE/ASITE/DRY_RUN exist for a dry run off the GPU host (a stand-in vllm module in SITE).
 STAGE=${STAGE:-/tmp/stage} SITE=${SITE:-/tmp/site} ASITE=${ASITE:-/tmp/ansible-site}
 export STAGE SITE
-[ -f "$STAGE/c.tar.xz.part0" ] && [ -d "$SITE/vllm" ] && [ -f "$STAGE/plan.json" ] \
-  || { echo 'STAGE1_MISSING: fresh machine, redo call 1 then call 2'; exit 3; }
+if ! { [ -f "$STAGE/c.tar.xz.part0" ] && [ -d "$SITE/vllm" ] && [ -f "$STAGE/plan.json" ]; }; then
+  echo 'STAGE1_MISSING: fresh machine, redo call 1 then call 2'; exit 3
+fi
 if [ -z "${DRY_RUN:-}" ]; then
   cat "$STAGE/c.tar.xz.part0" .rengine2/c.tar.xz.part1 > "$STAGE/c.tar.xz"
   sha256sum -c .rengine2/c.sha256 || exit 4
@@ -26,7 +27,8 @@ fi
 mapfile -d '' ARGS < <(python3 -c "import json,sys; a=json.load(open('$STAGE/plan.json'))['plan']['argv']
 assert a[:2]==['vllm','serve'], a; sys.stdout.write(''.join(x+'\0' for x in a[1:]))")
 [ "${#ARGS[@]}" -gt 2 ] || { echo "NO_PLAN_ARGV"; exit 2; }
-while IFS= read -r kv; do export "$kv"; done < <(python3 -c "import json
+# The plan's env, one NAME=value line each.
+while IFS= read -r kv; do export "${kv%%=*}=${kv#*=}"; done < <(python3 -c "import json
 for k,v in sorted(json.load(open('$STAGE/plan.json'))['plan']['env'].items()): print('%s=%s'%(k,v))")
 # The bundle's needs, not the planner's: its site dir, no flashinfer (trimmed), offline, no telemetry.
 export PYTHONPATH=$SITE VLLM_USE_FLASHINFER_SAMPLER=0 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 \
@@ -113,4 +115,4 @@ print(json.dumps({k: doc[k] for k in ("nvidia_smi_while_serving", "vllm_version_
 print("HEALTH", json.dumps({k: (health or {}).get(k) for k in ("healthy", "time_to_healthy_s", "ttft_ms",
                                                                 "tokens_per_s", "models", "engine_version", "msg")}))
 PY
-[ "$HRC" = 0 ] && echo SERVE_STAGE2_OK || { tail -60 "$OUT/serve.log"; exit 6; }
+if [ "$HRC" = 0 ]; then echo SERVE_STAGE2_OK; else tail -60 "$OUT/serve.log"; exit 6; fi

@@ -9,9 +9,9 @@ from gpu_fixtures import gpu_facts
 from ansible_collections.gpufleet.serving.plugins.module_utils import nvidia_smi
 from ansible_collections.gpufleet.serving.plugins.module_utils.driver_host import loaded_driver
 from ansible_collections.gpufleet.serving.plugins.module_utils.driver_packages import DriverPackageError
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_plan import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_plan import (
     activation, plan_driver, verify_loaded)
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_policy import DriverPolicyError
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_policy import DriverPolicyError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "real_h100")
 DEBIAN12 = {"distribution": "Debian", "distribution_version": "12.8", "distribution_major_version": "12",

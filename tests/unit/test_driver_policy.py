@@ -2,7 +2,7 @@
 import pytest
 from gpu_fixtures import gpu_facts
 
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_policy import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_policy import (
     DriverPolicyError, check_driver, wanted_driver)
 
 

@@ -1,12 +1,12 @@
 """The engine role's data model: engine_instances (several engines per host, one per GPU set) and
-the rollout record the report reads (module_utils/engine_deploy, filters engine_instances and
+the rollout record the report reads (plugin_utils/engine_deploy, filters engine_instances and
 engine_rollout_record)."""
 import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.filter.fleet import FilterModule
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError, build_plan
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
 from gpu_fixtures import gpu_facts, model
 
@@ -183,11 +183,11 @@ def mig_host():
                GPUFLEET_FAKE_STATE_DIR="/nonexistent")
 
     def run(argv):
-        done = subprocess.run([sys.executable] + argv, capture_output=True, text=True, env=env)
+        done = subprocess.run([sys.executable] + argv, capture_output=True, text=True, env=env, check=False)
         return done.returncode, done.stdout, done.stderr
 
-    facts, _ = nvidia_smi.collect(os.path.join(REPO, "lab", "fake-nvidia-smi", "nvidia-smi"), run,
-                                  lambda path: "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04\n")
+    facts, _unused = nvidia_smi.collect(os.path.join(REPO, "lab", "fake-nvidia-smi", "nvidia-smi"), run,
+                                        lambda path: "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04\n")
     assert len(facts["mig_devices"]) == 4
     return facts
 

@@ -7,7 +7,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.filter.draft import engine_draft
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_deploy
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_deploy
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import (
     DRAFT_MOUNT, draft_keys, input_errors)
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import PlanError

@@ -33,7 +33,7 @@ def test_every_table_version_matches_its_committed_dump(engine, version):
     assert _problems(TABLE, engine, version) == []
     # and the check looked at something: the table's core flags are among what it checked
     entry = TABLE["engines"][engine][version]
-    checked = {flag for flag, _ in engine_flags.table_flags(entry, "x")}
+    checked = {flag for flag, _unused in engine_flags.table_flags(entry, "x")}
     assert {entry["flags"]["tp"], entry["flags"]["port"], entry["flags"]["memory_fraction"]} <= checked
 
 

@@ -8,8 +8,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.gpufleet.serving.plugins.filter.engine import FilterModule
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan, plan_hash
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError, build_plan, plan_hash
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import load_knowledge
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
 from gpu_fixtures import gpu_facts, model
 
@@ -250,13 +250,16 @@ BAD = [
     # no SGLang of the table runs below driver 560 (CUDA 12.6)
     ("driver too old for the image", dict(facts=gpu_facts("h100", driver="550.54.15", cuda="12.4")), ["550.54.15", "CUDA 13.0", ">= 580.65.06"]),
     ("driver too old, no driver version", dict(facts=gpu_facts("h100", driver=None, cuda="12.4")), ["CUDA 12.4", ">= 580.65.06"]),
-    ("pinned version, driver too old", dict(engine_version="0.5.23", facts=gpu_facts("h100", driver="570.172.08", cuda="12.8")), ["570.172.08", "CUDA 13.0", ">= 580.65.06", "engine_version=0.5.1.post2"]),
+    ("pinned version, driver too old", dict(engine_version="0.5.23", facts=gpu_facts("h100", driver="570.172.08", cuda="12.8")),
+     ["570.172.08", "CUDA 13.0", ">= 580.65.06", "engine_version=0.5.1.post2"]),
     ("blackwell proprietary modules", dict(card="rtx5090", facts=gpu_facts("rtx5090", kernel_module="proprietary")), ["blackwell", "open"]),
-    ("context pinned too large", dict(card="rtx5090", name="Qwen3-32B-AWQ", preset="high_performance", overrides={"--context-length": 40960}), ["pinned context length 40960", "lower the context length"]),
+    ("context pinned too large", dict(card="rtx5090", name="Qwen3-32B-AWQ", preset="high_performance", overrides={"--context-length": 40960}),
+     ["pinned context length 40960", "lower the context length"]),
     ("context above model maximum", dict(overrides={"--context-length": "64k"}), ["64000", "max_position_embeddings 40960"]),
     ("fa3 on blackwell", dict(card="rtx5090", name="Qwen3-32B-AWQ", overrides={"--attention-backend": "fa3"}), ["'fa3'", "CC 12.0"]),
     ("awq checkpoint with fp8 preset", dict(name="Qwen3-32B-AWQ", preset="fp8"), ["preset fp8", "awq", "balanced"]),
-    ("quantization not for this gpu", dict(engine="vllm", overrides={"--quantization": "mxfp4"}, card="rtx4000", name="Qwen2.5-0.5B-Instruct"), ["'mxfp4'", "CC 7.5"]),
+    ("quantization not for this gpu", dict(engine="vllm", overrides={"--quantization": "mxfp4"}, card="rtx4000", name="Qwen2.5-0.5B-Instruct"),
+     ["'mxfp4'", "CC 7.5"]),
     ("unknown draft algorithm", dict(mdl=sized("Qwen3-14B", draft_path="/d", draft_algorithm="medusa")), ["draft_algorithm", "'MEDUSA'"]),
 ]
 
@@ -548,8 +551,8 @@ NEW_MODELS = sorted(REPOS)
 def test_every_plan_of_the_new_fixtures_parses():
     planned = set()
     for card, count, engine, name, preset in itertools.product(("h100", "h200", "l40s", "rtx5090"), (1, 2, 4, 8),
-                                                                ("sglang", "vllm"), NEW_MODELS,
-                                                                ("balanced", "high_performance", "fp8")):
+                                                               ("sglang", "vllm"), NEW_MODELS,
+                                                               ("balanced", "high_performance", "fp8")):
         try:
             p = plan(card, count, engine, mdl=real(name), preset=preset)
         except PlanError as exc:

@@ -10,9 +10,9 @@ import yaml
 
 from ansible_collections.gpufleet.serving.plugins.filter.engine import engine_image_ref
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import (
     PlanError, build_plan, image_ref, plan_hash)
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import (
     KnowledgeError, choose_version, default_path, engine_version_key, engine_versions, load_knowledge)
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import estimate_weights, model_dims
 from gpu_fixtures import gpu_facts, model

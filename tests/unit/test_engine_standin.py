@@ -17,7 +17,7 @@ sys.path.insert(0, STANDIN_DIR)
 from standin import flags, launch  # noqa: E402  (lab code, not part of the collection)
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump as collection_flag_dump  # noqa: E402
-from ansible_collections.gpufleet.serving.plugins.module_utils import engine_plan, knowledge  # noqa: E402
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import engine_plan, knowledge  # noqa: E402
 
 KEY = "sk-standin-secret"
 
@@ -98,7 +98,7 @@ class StandIn:
 
 def run_once(engine, model, args=(), cli=False):
     done = subprocess.run(command(engine, model, args, cli=cli), env=standin_env(), capture_output=True,
-                          text=True, timeout=30)
+                          text=True, timeout=30, check=False)
     return done.returncode, done.stderr
 
 
@@ -217,21 +217,21 @@ def test_the_image_of_a_version_checks_against_that_versions_dump_and_reports_it
     env = standin_env(STANDIN_IMAGE_ENGINE=engine, STANDIN_ENGINE_VERSION=version, STANDIN_FLAG_DUMP=dump)
     ours = {f for e in flags.flag_dump.load_dump(os.path.join(REPO, "data", "engine_flags", dump)) for f in e["flags"]}
     others = set()
-    for _, other, other_dump in (v for v in _table_versions() if v[0] == engine and v[1] != version):
+    for _unused, other, other_dump in (v for v in _table_versions() if v[0] == engine and v[1] != version):
         others |= {f for e in flags.flag_dump.load_dump(os.path.join(REPO, "data", "engine_flags", other_dump))
                    for f in e["flags"]}
     missing = sorted(f for f in others - ours if f.startswith("--"))
     if missing:
-        done = subprocess.run(command(engine, model, [missing[0]]), env=env, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(command(engine, model, [missing[0]]), env=env, capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 2 and "unrecognized arguments: %s" % missing[0] in done.stderr, done.stderr
     cli = [os.path.join(STANDIN_DIR, "bin", engine)] + (["--version"] if engine == "vllm" else ["version"])
-    shown = subprocess.run([sys.executable, *cli], env=env, capture_output=True, text=True, timeout=30).stdout
+    shown = subprocess.run([sys.executable, *cli], env=env, capture_output=True, text=True, timeout=30, check=False).stdout
     assert shown.strip() == (version if engine == "vllm" else "sglang version: " + version)
     other = "sglang" if engine == "vllm" else "vllm"
-    done = subprocess.run(command(other, model), env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(command(other, model), env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 127 and "stands in for %s %s" % (engine, version) in done.stderr  # not in this image
-    with StandIn(engine, model, ["--api-key", KEY], **{k: env[k] for k in ("STANDIN_IMAGE_ENGINE",
-                                                                          "STANDIN_ENGINE_VERSION", "STANDIN_FLAG_DUMP")}) as server:
+    image_env = {k: env[k] for k in ("STANDIN_IMAGE_ENGINE", "STANDIN_ENGINE_VERSION", "STANDIN_FLAG_DUMP")}
+    with StandIn(engine, model, ["--api-key", KEY], **image_env) as server:
         server.wait_ready()
         path = "/version" if engine == "vllm" else "/get_server_info"
         assert requests.get(server.url + path, headers=bearer(), timeout=5).json()["version"] == version
@@ -271,7 +271,7 @@ def test_refuses_what_the_pinned_parser_refuses_with_exit_2(model, engine, args,
 
 def test_sglang_serve_without_a_model_path_is_a_usage_error():
     done = subprocess.run([sys.executable, os.path.join(STANDIN_DIR, "bin", "sglang"), "serve"],
-                          env=standin_env(), capture_output=True, text=True, timeout=30)
+                          env=standin_env(), capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2
     assert "required: --model-path" in done.stderr
 
@@ -312,7 +312,7 @@ def _health_codes(url, seconds):
 def test_sglang_refuses_connections_while_loading_then_503_while_warming_then_200(model):
     with StandIn("sglang", model, STANDIN_LOAD_SECONDS="0.5", STANDIN_WARMUP_SECONDS="1") as server:
         assert _health_codes(server.url, 10) == [None, 503, 200]
-        out, _ = server.stop()
+        out, _unused = server.stop()
     assert "The server is fired up and ready to roll!" in out
 
 
@@ -361,7 +361,7 @@ def test_config_file_keys_are_checked_like_flags(model, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("torchao-config: int4wo-64\n")
     proc = subprocess.run(command("sglang", model, ["--config", str(bad)], port=free_port()), env=standin_env(),
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2 and "--torchao-config" in proc.stderr
 
 

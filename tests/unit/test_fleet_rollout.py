@@ -1,5 +1,4 @@
 """The rollout report (fleet_summary's rollout columns) and the Prometheus file_sd writer."""
-import base64
 import json
 
 from ansible_collections.gpufleet.serving.plugins.filter.fleet import FilterModule
@@ -104,36 +103,3 @@ def test_file_sd_of_a_limited_run_keeps_the_rest_of_the_fleet():
     assert [(g["labels"]["host"], g["targets"]) for g in groups] == [("b", ["10.0.0.2:30000"]), ("a", ["10.0.0.1:30001"])]
     assert FILTERS["prometheus_file_sd"]({"a": host()}, ["a"], previous="not json", inventory_hosts=["a", "b"]) == \
         FILTERS["prometheus_file_sd"]({"a": host()}, ["a"])
-
-
-def slurped(value):
-    """An ansible.builtin.slurp loop result: the file's JSON, or a failed read when `value` is None."""
-    if value is None:
-        return {"failed": True, "msg": "file not found"}
-    return {"content": base64.b64encode(json.dumps(value).encode()).decode(), "encoding": "base64"}
-
-
-def test_the_model_a_host_holds_is_read_from_its_manifests_when_model_fetch_did_not_run():
-    """playbooks/rollout.yml alone: gpufleet_model from each snapshot's manifest, the weights from its index."""
-    snapshots = [{"name": "model", "repo_id": "org/model", "revision": SHA, "dir": "/srv/models/org--model"},
-                 {"name": "draft", "repo_id": "org/draft", "revision": "main", "dir": "/srv/models/org--draft"}]
-    files = {"config.json": {"size": 100}, "model-00001-of-00002.safetensors": {"size": 1000},
-             "model-00002-of-00002.safetensors": {"size": 500}, "stale.safetensors": {"size": 7000}}
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
-    manifest = {"format": 1, "repo_id": "org/model", "commit_sha": SHA, "bytes": 8600, "files": files}
-    draft = {"format": 1, "repo_id": "org/draft", "commit_sha": "d" * 40, "bytes": 300,
-             "files": {"config.json": {"size": 50}, "model.safetensors": {"size": 250}}}
-    on_host = FILTERS["engine_model_on_host"]
-    got = on_host(snapshots, [slurped(manifest), slurped(draft)], [slurped(index), slurped(None)], host="h1")
-    assert got["errors"] == []
-    assert got["model"] == {"repo_id": "org/model", "dir": "/srv/models/org--model", "commit_sha": SHA, "bytes": 8600,
-                            "weights_bytes": 1500, "extra_models": [
-                                {"name": "draft", "repo_id": "org/draft", "dir": "/srv/models/org--draft",
-                                 "commit_sha": "d" * 40, "bytes": 300, "weights_bytes": 250}]}
-    # No snapshot, another repo's, another commit than the pinned one: each named, nothing fetched.
-    errors = on_host(snapshots, [slurped(None), slurped(dict(draft, repo_id="org/other"))], [], host="h1")["errors"]
-    assert errors[0].startswith("h1: /srv/models/org--model (org/model) holds no complete snapshot") and "site.yml" in errors[0]
-    assert "holds a snapshot of org/other" in errors[1]
-    errors = on_host(snapshots[:1], [slurped(dict(manifest, commit_sha="e" * 40))], [], host="h1")["errors"]
-    assert errors == ["h1: /srv/models/org--model (org/model) holds commit eeeeeeeeeeee, the inventory pins %s: run "
-                      "site.yml (gpufleet.serving.site), which fetches it, before playbooks/rollout.yml alone" % SHA[:12]]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import (
     KnowledgeError, arch_key, default_path, driver_branch, load_knowledge, max_cuda_for_driver,
     min_driver_for_cuda, runs_kernels, validate, version_tuple)
 

@@ -24,10 +24,10 @@ FILES = {"config.json": b'{"model_type": "qwen2"}\n', "model.safetensors": bytes
          "sub/tokenizer.json": b"{}\n"}
 
 
-def write_snapshot(path, files=FILES, host="elsewhere"):
+def write_snapshot(path, files=None, host="elsewhere"):
     """A snapshot dir with its manifest, as hf_model writes it (host: where it was verified)."""
     records = {}
-    for rel, data in files.items():
+    for rel, data in (FILES if files is None else files).items():
         full = os.path.join(path, rel)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "wb") as f:
@@ -54,7 +54,7 @@ def adopt(path, tmp_path, check_mode=False, pythonpath=COLLECTIONS, **args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(PYTHONPATH=pythonpath, HF_HOME=str(tmp_path / "hf-home"), HF_ENDPOINT="http://127.0.0.1:9")
     proc = subprocess.run([sys.executable, "-m", MODULE], input=json.dumps({"ANSIBLE_MODULE_ARGS": args}),
-                          capture_output=True, text=True, env=env, timeout=60)
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
     try:
         return json.loads(proc.stdout)
     except ValueError:

@@ -4,6 +4,7 @@ AnsiballZ file under the temp dirs while the task runs (a killed run would leave
 import os
 import socket
 import subprocess
+import sys
 import time
 
 from fixtures.hf_server import REPO_ROOT
@@ -35,7 +36,7 @@ def test_a_controller_task_with_a_token_writes_no_file(tmp_path):
                ANSIBLE_LOCAL_TEMP=str(local_tmp), ANSIBLE_REMOTE_TMP=str(remote_tmp))
     args = ("repo_id=gpufleet/tiny-qwen2 revision=main state=resolved timeout=8 token=%s "
             "endpoint=http://127.0.0.1:%d" % (TOKEN, silent.getsockname()[1]))
-    proc = subprocess.Popen([os.path.join(REPO_ROOT, ".venv", "bin", "ansible"), "localhost", "-c", "local",
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local",
                              "-m", "gpufleet.serving.hf_model", "-a", args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

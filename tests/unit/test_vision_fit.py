@@ -1,12 +1,12 @@
-"""Vision-language models in the plan (module_utils/vision_fit.py, data/multimodal.yml): the vision
+"""Vision-language models in the plan (plugin_utils/vision_fit.py, data/multimodal.yml): the vision
 tower's weights and activations in the fit, the image-token budget and the engines' multimodal options,
 on the real public configs of Qwen2.5-VL-7B-Instruct and Qwen3-VL-8B-Instruct."""
 import json
 
 import pytest
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import vision_fit
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import PlanError, build_plan
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import vision_fit
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import PlanError, build_plan
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import (
     GIB, MIB, estimate_weights, model_dims)
 from gpu_fixtures import gpu_facts, model

@@ -109,7 +109,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
         if self.cfg.engine == "vllm" and not path.startswith(VLLM_GUARDED_PREFIXES):
             return True
-        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        scheme, _unused, token = (self.headers.get("Authorization") or "").partition(" ")
         return scheme.lower() == "bearer" and any(hmac.compare_digest(token, key) for key in keys)
 
     def _send(self, status, payload, content_type):
@@ -283,7 +283,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def routes_for(cfg):
-    get = lambda fn: {"GET": fn}  # noqa: E731
+    def get(fn):
+        return {"GET": fn}
+
     routes = {
         "/health": get(Handler.health),
         "/v1/models": get(Handler.models),

@@ -13,11 +13,14 @@ def test_docker_running_and_daemon_json_merged(host):
 
 
 def test_model_snapshot_pinned_and_complete(host):
-    manifest = json.loads(host.file(f"{MODEL_DIR}/.gpufleet-snapshot.json").content_string)
+    # The engine mounts its commit's own dir under the model's home (docs/model_fetch.md).
+    inspect = json.loads(host.check_output("docker inspect gpufleet-engine"))[0]
+    snapshot = next(m["Source"] for m in inspect["Mounts"] if m["Destination"] == "/models/model")
+    manifest = json.loads(host.file(f"{snapshot}/.gpufleet-snapshot.json").content_string)
     assert manifest["repo_id"] == "gpufleet/tiny-qwen2"
-    assert len(manifest["commit_sha"]) == 40
-    assert host.file(f"{MODEL_DIR}/config.json").exists
-    weights = host.file(f"{MODEL_DIR}/model.safetensors")
+    assert len(manifest["commit_sha"]) == 40 and snapshot == f"{MODEL_DIR}/snapshots/{manifest['commit_sha']}"
+    assert host.file(f"{snapshot}/config.json").exists
+    weights = host.file(f"{snapshot}/model.safetensors")
     assert weights.exists and weights.size > 1_000_000
 
 

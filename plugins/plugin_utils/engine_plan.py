@@ -15,8 +15,9 @@ import functools
 import hashlib
 import json
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump, vision_fit
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
+from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
+from ansible_collections.gpufleet.serving.plugins.plugin_utils import vision_fit
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import (
     arch_engine, arch_key, choose_version, driver_branch, engine_versions, load_knowledge, max_cuda_for_driver,
     min_driver_for_cuda, runs_kernels, version_blockers, version_tuple)
 from ansible_collections.gpufleet.serving.plugins.module_utils.model_fit import (
@@ -126,8 +127,8 @@ def _arch(kn, gpu, host, warnings):
                         "data/knowledge.yml" % (host, gpu["name"], gpu["cc"], kn["table_version"]))
     arch = kn["archs"][key]
     if not arch["supported"]:
-        raise PlanError("%s: %s (CC %s, %s) is not supported: %s" % (host, gpu["name"], gpu["cc"],
-                                                                   arch["architecture"], arch["reason"]))
+        raise PlanError("%s: %s (CC %s, %s) is not supported: %s"
+                        % (host, gpu["name"], gpu["cc"], arch["architecture"], arch["reason"]))
     if key != gpu["cc"]:
         warnings.append("%s: CC %s is planned with the CC %s entry of the knowledge table" % (host, gpu["cc"], key))
     return key, arch
@@ -345,8 +346,8 @@ def _choose_quantization(arch, ae, dims, preset, pinned, gpu, where, warnings):
                 raise _no_fp8(arch, gpu, "preset fp8", where)
             if not (dims["quant_float"] and dims["quant_bits"] == 8):
                 raise PlanError("%s: preset fp8 needs an unquantized or FP8 checkpoint; this one is %s (%s-bit %s "
-                                "weights): use preset balanced" % (where, checkpoint, dims["quant_bits"] or "?",
-                                                                  "float" if dims["quant_float"] else "integer"))
+                                "weights): use preset balanced"
+                                % (where, checkpoint, dims["quant_bits"] or "?", "float" if dims["quant_float"] else "integer"))
         return None, False
     if preset["weights"] == "fp8" and not arch["fp8_native"]:
         raise _no_fp8(arch, gpu, "preset fp8", where)

@@ -8,7 +8,7 @@ whether the open kernel modules are required (Blackwell) or merely allowed.
 """
 from __future__ import annotations
 
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import (
     arch_key, driver_branch, load_knowledge, version_tuple)
 
 

@@ -2,7 +2,7 @@
 # Copyright: gpufleet maintainers
 # Apache-2.0 (see galaxy.yml)
 """Several engines on one host, one per GPU set: `engine_instances` -> one launch plan and one
-container spec each (roles/engine). Pure Python; the planner is plugins/module_utils/engine_plan.
+container spec each (roles/engine). Pure Python; the planner is plugins/plugin_utils/engine_plan.
 
 No `engine_instances` means one instance on every GPU, named `engine_container_name`, with
 `engine_overrides`: exactly the single-engine behaviour.
@@ -18,10 +18,10 @@ import os
 import re
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.engine_draft import draft_volume
-from ansible_collections.gpufleet.serving.plugins.module_utils.engine_plan import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.engine_plan import (
     PlanError, build_plan, plan_hash, resolved_version)
 from ansible_collections.gpufleet.serving.plugins.module_utils import flag_dump
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge, version_tuple
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import load_knowledge, version_tuple
 
 # What Docker accepts as a container name.
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -113,8 +113,8 @@ def _default_mig(facts, default_name, host):
         raise PlanError("%s: the host has %d MIG devices (%s) and one engine cannot span them: set engine_instances "
                         "to one per MIG device, e.g. [%s]" % (
                             host, len(devices), ", ".join(_describe(d) for d in devices),
-                            ", ".join("{name: %s-mig%d, mig: %d, port: <its own>}" % (default_name, d["index"],
-                                                                                     d["index"]) for d in devices)))
+                            ", ".join("{name: %s-mig%d, mig: %d, port: <its own>}" % (default_name, d["index"], d["index"])
+                                      for d in devices)))
     return [{"name": default_name, "gpus": None, "port": None, "overrides": {}, "mig": devices[0]}]
 
 
@@ -284,14 +284,15 @@ def deployments(gpu_facts, instances=None, name="gpufleet-engine", overrides=Non
                             % (host, ports[plan["port"]], spec["name"], plan["port"]))
         ports[plan["port"]] = spec["name"]
         entry = {"mig": device["uuid"]} if device else {}
-        result.append(dict(entry, **{"name": spec["name"], "gpus": spec["gpus"], "port": plan["port"], "plan": plan,
-                       "gpu_label": _gpu_label(facts),
-                       "container": _container(spec["name"], plan, model, model_sha, secrets_dir, gpu_requests, ulimits),
-                       "probe": {"name": spec["name"], "port": plan["port"], "engine": plan["engine"],
-                                 # a VLM's health gate sends one image request too (engine_health image_check)
-                                 "vision": "vision" in plan["decisions"],
-                                 # the version's readiness/version endpoints (knowledge table http)
-                                 "http": plan["http"]}}))
+        result.append(dict(entry, **{
+            "name": spec["name"], "gpus": spec["gpus"], "port": plan["port"], "plan": plan,
+            "gpu_label": _gpu_label(facts),
+            "container": _container(spec["name"], plan, model, model_sha, secrets_dir, gpu_requests, ulimits),
+            "probe": {"name": spec["name"], "port": plan["port"], "engine": plan["engine"],
+                      # a VLM's health gate sends one image request too (engine_health image_check)
+                      "vision": "vision" in plan["decisions"],
+                      # the version's readiness/version endpoints (knowledge table http)
+                      "http": plan["http"]}}))
     return result
 
 

@@ -18,9 +18,9 @@ OS facts and the role's settings (docs/driver_toolkit.md).
 from __future__ import annotations
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import driver_packages as pkgs
-from ansible_collections.gpufleet.serving.plugins.module_utils.driver_policy import (
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.driver_policy import (
     DriverPolicyError, arch_for_pci, wanted_driver)
-from ansible_collections.gpufleet.serving.plugins.module_utils.knowledge import load_knowledge
+from ansible_collections.gpufleet.serving.plugins.plugin_utils.knowledge import load_knowledge
 
 REBOOT_MODES = ("auto", "never", "always")
 FABRIC_MANAGER = ("auto", "present", "absent")
