@@ -360,11 +360,15 @@ def hf_servers(host, port):
 def ensure_hf_server(fleet):
     host, port, hf_state = fleet["network"]["gateway"], fleet["hf_server"]["port"], fleet["hf_state"]
     os.makedirs(hf_state, exist_ok=True)
+    pidfile = os.path.join(hf_state, "server.pid")
+    ours = open(pidfile).read().strip() if os.path.exists(pidfile) else None
     for pid, root in hf_servers(host, port).items():
-        if os.path.realpath(root) == os.path.realpath(hf_state):
+        if os.path.realpath(root) == os.path.realpath(hf_state) and str(pid) == ours:
             continue
-        if not os.path.isdir(root):  # left by a deleted checkout: it would answer 404 for every repo
-            log(f"stopping a stale Hugging Face server on {host}:{port} (its {root} is gone)")
+        # Left by a deleted checkout, or by one deleted and cloned again at the same path (its state dir
+        # is new, without this server's pid): it would answer 404 for every repo.
+        if not os.path.isdir(root) or os.path.realpath(root) == os.path.realpath(hf_state):
+            log(f"stopping a stale Hugging Face server on {host}:{port} (its {root} is gone or rebuilt)")
             os.kill(pid, 15)
             for _unused in range(50):
                 if not hf_server_running(host, port):
