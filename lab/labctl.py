@@ -264,6 +264,9 @@ def start_host(fleet, name, spec):
         sh("docker", "start", cname)
         return True
     log(f"starting host {name} ({spec.get('gpu') or spec.get('role')}, {spec['ip']})")
+    # A new host starts bare: a Docker volume left by a host removed without `down` would bring back its
+    # engine containers (planned by another checkout, another version of the roles).
+    sh("docker", "volume", "rm", "-f", f"{cname}-docker", check=False)
     sh("docker", "run", "-d", "--name", cname, "--hostname", name,
        "--network", net["name"], "--ip", spec["ip"],
        "--label", "gpufleet.lab=" + fleet["name"],
