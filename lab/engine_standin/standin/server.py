@@ -160,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- shared routes ----------------------------------------------------------------
     def health(self):
-        warming = self.cfg.engine == "sglang" and time.monotonic() < self.server.warm_until
+        warming = self.cfg.engine == "sglang" and not self.server.warmed.is_set()
         self._send(503 if warming else 200, b"", "text/plain")
 
     def metrics(self):
@@ -315,7 +315,9 @@ class StandinServer(ThreadingHTTPServer):
         self.cfg = cfg
         self.routes = routes_for(cfg)
         self.metrics = EngineMetrics(cfg.engine, cfg.served_names[0])
-        self.warm_until = 0.0
+        # SGLang's /health answers 503 until its warmup request is done, which it logs as "fired up":
+        # one event for both, so a probe never sees 200 before the line is in the log.
+        self.warmed = threading.Event()
         self.startup_time = 0.0
 
 
@@ -344,8 +346,10 @@ def serve(cfg):
     server.startup_time = time.monotonic() - started
     log(f"INFO:     Uvicorn running on http://{cfg.host}:{cfg.port} (Press CTRL+C to quit)")
     if cfg.engine == "sglang":
-        server.warm_until = time.monotonic() + cfg.warmup_s
-        ready = threading.Timer(cfg.warmup_s, log, ["The server is fired up and ready to roll!"])
+        def warmed():
+            log("The server is fired up and ready to roll!")
+            server.warmed.set()
+        ready = threading.Timer(cfg.warmup_s, warmed)
         ready.daemon = True
         ready.start()
     else:
