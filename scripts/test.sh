@@ -45,7 +45,7 @@ PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -rfEs --durations=15)
 logs=$(mktemp -d /tmp/gpufleet-lanes.XXXXXX)
 lane_a="" lane_c=""
 # A stopped run stops its background lanes too (they would go on using the lab fleets' fixed addresses).
-trap 'kill $lane_a $lane_c 2>/dev/null; rm -rf "$logs"' EXIT
+trap 'kill $lane_a $lane_c 2>/dev/null || true; rm -rf "$logs"' EXIT
 trap 'exit 130' INT TERM
 "${PYTEST[@]}" "${LANE_A[@]}" "$@" >"$logs/a" 2>&1 &
 lane_a=$!
