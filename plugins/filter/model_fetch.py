@@ -56,11 +56,21 @@ def model_fetch_fact(snapshots, results):
     """gpufleet_model, the fact the engine role reads: the model's repo_id, dir (the snapshot's own dir, the
     module's `path`: <home>/snapshots/<id> of its commit), commit_sha, bytes (the whole
     snapshot) and weights_bytes (the weight files the engines load: what the planner's fit counts), and
-    the same for each extra model (with its name) under extra_models."""
-    entries = [{"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": result.get("path") or snapshot["dir"],
-                "commit_sha": result.get("commit_sha"), "bytes": result.get("bytes"),
-                "weights_bytes": result.get("weights_bytes")}
-               for snapshot, result in zip(snapshots, results)]
+    the same for each extra model (with its name) under extra_models.
+
+    A skipped fetch (fleet mode's check run before the seed's first download) has no commit dir yet: the model's
+    home stands in, for check mode's plan only. Any other result without a `path` fails: an engine planned from the
+    home would mount every commit at once."""
+    if len(results) != len(snapshots):
+        raise AnsibleFilterError("model_fetch_fact: %d snapshot(s) but %d fetch result(s)" % (len(snapshots), len(results)))
+    entries = []
+    for snapshot, result in zip(snapshots, results):
+        if not result.get("path") and not result.get("skipped"):
+            raise AnsibleFilterError("model_fetch_fact: the fetch of %s@%s returned no snapshot path (result: %s)"
+                                     % (snapshot["repo_id"], snapshot["revision"], result.get("msg") or sorted(result)))
+        entries.append({"name": snapshot["name"], "repo_id": snapshot["repo_id"], "dir": result.get("path") or snapshot["dir"],
+                        "commit_sha": result.get("commit_sha"), "bytes": result.get("bytes"),
+                        "weights_bytes": result.get("weights_bytes")})
     fact = {key: entries[0][key] for key in ("repo_id", "dir", "commit_sha", "bytes", "weights_bytes")}
     fact["extra_models"] = entries[1:]
     return fact

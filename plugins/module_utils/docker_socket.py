@@ -15,7 +15,7 @@ import json
 from urllib.error import HTTPError
 from urllib.parse import quote
 
-from ansible.module_utils.urls import open_url
+from ansible_collections.gpufleet.serving.plugins.module_utils.http_open import open_url
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

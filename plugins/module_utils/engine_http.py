@@ -27,7 +27,7 @@ import zlib
 from http.client import HTTPException
 from urllib.error import HTTPError
 
-from ansible.module_utils.urls import open_url
+from ansible_collections.gpufleet.serving.plugins.module_utils.http_open import open_url
 
 ENGINES = ("sglang", "vllm")
 # Readiness, version and load endpoints vary by engine version: they live in the knowledge table

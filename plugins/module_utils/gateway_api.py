@@ -27,7 +27,7 @@ import time
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.six.moves.urllib.parse import urlsplit
-from ansible.module_utils.urls import open_url
+from ansible_collections.gpufleet.serving.plugins.module_utils.http_open import open_url
 
 READY = "ready"
 DRAINING = "draining"

@@ -63,6 +63,14 @@ def hosts_that_ran(output, task):
     return hosts
 
 
+def all_ready():
+    try:
+        workers = router_workers()
+    except gateway_api.GatewayError:
+        return False
+    return len(workers) == 4 and set(workers.values()) == {"ready"}
+
+
 def assert_all_ready():
     workers = router_workers()
     assert len(workers) == 4 and set(workers.values()) == {"ready"}, workers
@@ -75,9 +83,11 @@ def converged(lab):
     assert_all_ready()
     LAB_IMAGES.update((h, engine_image(h)[0]) for h in LAB_HOSTS)
     yield
-    # Whatever a failed test left: every host back on the lab's image, serving, converged.
-    rc, output, _unused = run_playbook("site.yml")
-    assert rc == 0, output[-4000:]
+    # Whatever a failed test left: every host back on the lab's image, serving, converged. (The tests leave
+    # it so when they pass; test_site_lab's first run, next in lane B, checks the rest.)
+    if any((engine_image(h) or ("",))[0] != LAB_IMAGES[h] for h in LAB_HOSTS) or not all_ready():
+        rc, output, _unused = run_playbook("site.yml")
+        assert rc == 0, output[-4000:]
 
 
 def test_the_gateway_serves_the_model_from_all_four_engines(converged):
@@ -172,7 +182,7 @@ def test_a_batch_that_would_empty_the_model_is_refused_before_any_change(converg
 def test_the_next_run_repairs_the_lost_host_and_the_worker_list(converged):
     """The host lost above is rolled out by the next run. Then a router restarted between runs starts with
     the last run's list; a worker it lost is added back by the next run's sync (every GPU host on the fast
-    path), and a no-op run changes nothing."""
+    path)."""
     rc, output, recap = run_playbook("site.yml")
     assert rc == 0, output[-4000:]
     assert all(engine_image(h)[0] == LAB_IMAGES[h] for h in LAB_HOSTS)
@@ -194,9 +204,7 @@ def test_the_next_run_repairs_the_lost_host_and_the_worker_list(converged):
     assert rc == 0, output[-4000:]
     assert "4 of 4 hosts are as their last run left them" in output
     assert recap["gateway-1"]["changed"] == 1, recap  # the worker added back by the sync
-    assert_all_ready()
-    rc, output, recap = run_playbook("site.yml")
-    assert rc == 0 and all(r["changed"] == 0 for r in recap.values()), recap
+    assert_all_ready()  # (that the run after it changes nothing is test_site_lab's test_second_run_changes_nothing)
 
 
 def test_an_unreachable_gateway_stops_the_run_before_any_host_changes(converged):

@@ -146,8 +146,8 @@ def test_host_without_nvidia_smi_fails_in_preflight(first_run):
 
 def test_drifted_host_alone_takes_the_full_run_and_is_repaired(first_run):
     """The fast path (docs/scale.md): a no-op run sends only hosts that differ from their converge stamp
-    through the roles. A stopped engine is found, restarted, and the next run is all fast again."""
-    assert run_playbook("site.yml")[0] == 0  # every host stamped
+    through the roles. A stopped engine is found, restarted, and the next run is all fast again. (Every host
+    was stamped by test_second_run_changes_nothing; the runs between fail in preflight and stamp nothing.)"""
     host_exec("l40s-1", "docker stop gpufleet-engine")
     rc, output, recap = run_playbook("site.yml")
     assert rc == 0, output[-4000:]

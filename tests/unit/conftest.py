@@ -6,6 +6,8 @@ imports the tests as ansible_collections.gpufleet.serving.tests.unit.* and does 
 import os
 import sys
 
+import pytest
+
 UNIT_DIR = os.path.dirname(os.path.abspath(__file__))
 if UNIT_DIR not in sys.path:
     sys.path.insert(0, UNIT_DIR)
@@ -17,3 +19,20 @@ if UNIT_DIR not in sys.path:
 for _name in ("ANSIBLE_CONFIG", "ANSIBLE_INVENTORY", "ANSIBLE_LIBRARY", "ANSIBLE_HOST_PATTERN_MISMATCH",
               "ANSIBLE_FORCE_HANDLERS"):
     os.environ.pop(_name, None)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
+def pytest_collection_modifyitems(config, items):
+    """With test_ansible_test_units_runs_the_unit_tests in the session (and GPUFLEET_REQUIRE_SANITY set, so it
+    runs), the modules it runs under ansible-test are not run a second time by plain pytest."""
+    if not os.environ.get("GPUFLEET_REQUIRE_SANITY"):
+        return
+    from units_under_ansible_test import UNITS_TEST, modules_under_ansible_test
+
+    if not any(item.nodeid.endswith(UNITS_TEST) for item in items):
+        return
+    covered = set(modules_under_ansible_test())
+    run_there = [item for item in items if os.path.basename(str(item.path)) in covered]
+    if run_there:
+        config.hook.pytest_deselected(items=run_there)
+        items[:] = [item for item in items if os.path.basename(str(item.path)) not in covered]

@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+from units_under_ansible_test import UNITS_FORKED_TOO_SLOW, modules_under_ansible_test, unit_modules
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPT = os.path.join(REPO, "scripts", "sanity.sh")
@@ -49,29 +50,13 @@ def test_antsibull_docs_lint_collection_docs_has_no_error():
     assert rc == 0, out[-8000:]
 
 
-# `ansible-test units` runs pytest its own way (a copy of the collection under ansible_collections/, its own
-# venv and environment, each test forked), so what breaks there is the layout: sibling imports (gpu_fixtures,
-# fixtures.hf_server), a test reaching the repo by a path, an ansible run inheriting ansible-test's ANSIBLE_*
-# settings. Every unit test module runs that way here (about 30 s) except the ones below, which start
-# routers, hubs, stand-ins or whole ansible runs per test: forked, their session fixtures start again for
-# every test and they take 9 of the 10 minutes `scripts/sanity.sh units` (all of tests/unit, which passes)
-# takes on 2 cores; and a forked child never tears its session fixtures down, so their servers outlive the
-# run. Plain pytest runs them in this suite.
-UNITS_FORKED_TOO_SLOW = {
-    "test_gateway_router.py", "test_hf_model.py", "test_hf_model_concurrent.py", "test_hf_model_stalled.py",
-    "test_run_lock.py", "test_engine_health.py", "test_engine_health_restarting.py", "test_loadgen.py",
-    "test_gpu_facts.py", "test_fleet_inputs.py", "test_token_in_no_temp_file.py", "test_ansible_lint.py",
-    "test_engine_standin.py", "test_galaxy_build.py", "test_hf_snapshots.py",
-    "test_ansible_test_sanity.py",  # this file: it would run sanity inside units
-}
-
-
 @requires_sanity
 def test_ansible_test_units_runs_the_unit_tests():
-    here = os.path.dirname(os.path.abspath(__file__))
-    names = sorted(n for n in os.listdir(here) if n.startswith("test_") and n.endswith(".py"))
+    """Runs the unit test modules of units_under_ansible_test.py under `ansible-test units` (see its docstring).
+    When this test is in a pytest session, conftest.py leaves those modules to it: they run once."""
+    names = unit_modules()
     assert UNITS_FORKED_TOO_SLOW <= set(names), UNITS_FORKED_TOO_SLOW - set(names)  # a renamed file would run
-    targets = ["tests/unit/" + n for n in names if n not in UNITS_FORKED_TOO_SLOW]
+    targets = ["tests/unit/" + n for n in modules_under_ansible_test()]
     proc = subprocess.run([SCRIPT, "units"] + targets, cwd=REPO, capture_output=True, text=True,
                           timeout=1200, check=False)
     out = proc.stdout + proc.stderr

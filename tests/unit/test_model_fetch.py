@@ -281,11 +281,24 @@ def test_model_fetch_disagreement_names_the_odd_host():
 
 def test_model_fetch_fact_publishes_the_model_and_its_extras():
     snaps = filters.model_snapshots({"repo_id": REPO, "dir": "/m"}, [{"repo_id": "o/d", "name": "draft"}])
-    fact = filters.model_fetch_fact(snaps, [{"commit_sha": "a" * 40, "bytes": 10, "weights_bytes": 6},
-                                            {"commit_sha": "b" * 40, "bytes": 2, "weights_bytes": 1}])
-    assert fact == {"repo_id": REPO, "dir": "/m", "commit_sha": "a" * 40, "bytes": 10, "weights_bytes": 6,
-                    "extra_models": [{"name": "draft", "repo_id": "o/d", "dir": "/srv/models/o--d",
+    fact = filters.model_fetch_fact(snaps, [{"path": "/m/snapshots/" + "a" * 40, "commit_sha": "a" * 40, "bytes": 10,
+                                             "weights_bytes": 6},
+                                            {"path": "/srv/models/o--d/snapshots/" + "b" * 40, "commit_sha": "b" * 40,
+                                             "bytes": 2, "weights_bytes": 1}])
+    assert fact == {"repo_id": REPO, "dir": "/m/snapshots/" + "a" * 40, "commit_sha": "a" * 40, "bytes": 10,
+                    "weights_bytes": 6,
+                    "extra_models": [{"name": "draft", "repo_id": "o/d", "dir": "/srv/models/o--d/snapshots/" + "b" * 40,
                                       "commit_sha": "b" * 40, "bytes": 2, "weights_bytes": 1}]}
+
+
+def test_model_fetch_fact_fails_on_a_result_without_the_commit_dir():
+    """Only a skipped fetch (fleet mode's check run before the first download) plans from the model's home."""
+    snaps = filters.model_snapshots({"repo_id": REPO, "dir": "/m"})
+    assert filters.model_fetch_fact(snaps, [{"skipped": True, "changed": False}])["dir"] == "/m"
+    with pytest.raises(AnsibleFilterError, match="returned no snapshot path"):
+        filters.model_fetch_fact(snaps, [{"changed": False, "commit_sha": "a" * 40}])
+    with pytest.raises(AnsibleFilterError, match="1 snapshot"):
+        filters.model_fetch_fact(snaps, [])
 
 
 def test_rsync_only_transfers_exactly_the_listed_files(tmp_path):
