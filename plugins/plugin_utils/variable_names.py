@@ -43,6 +43,7 @@ RUNTIME_NAMES = frozenset((
     # model_fetch
     "model_fetch_result", "model_fetch_snapshots", "model_fetch_snapshot_results", "model_fetch_fleet_wants",
     "model_fetch_lacking", "model_fetch_seed_adopted", "model_fetch_seed_fetched", "model_fetch_containers",
+    "model_fetch_client_version",
     "engine_snapshots_found",
     # engine (deploy, rollback, health, gateways, benchmark, report)
     "engine_plan", "engine_deployments", "engine_health_result", "engine_health_results", "engine_rollout",
