@@ -212,7 +212,10 @@ def orphaned_partials(snapshot_dir):
             for name in names:
                 if name.endswith(".incomplete"):
                     path = os.path.join(dirpath, name)
-                    found[path] = os.path.getsize(path)
+                    try:
+                        found[path] = os.path.getsize(path)
+                    except FileNotFoundError:  # a live download finished (renamed) between listing and stat
+                        pass
     return found
 
 

@@ -185,3 +185,21 @@ def test_a_new_commit_is_fetched_into_its_own_dir_linking_the_unchanged_files(hf
         assert json.load(f)["max_new_tokens"] == 128
     again = run_module(hf_server, tmp_path, repo_id=MAIN, revision="main", path=home, snapshots=True)
     assert again["changed"] is False and again["downloaded_files"] == [] and again["linked_files"] == []
+
+
+def test_orphaned_partials_skips_a_download_that_finishes_while_they_are_listed(tmp_path, monkeypatch):
+    """A `*.incomplete` file renamed by its live download between the listing and the stat is not an orphan
+    (a FileNotFoundError used to escape; seen in a full test run)."""
+    staging = tmp_path / (hf_snapshot.STAGING + ".1.x") / ".cache"
+    staging.mkdir(parents=True)
+    (staging / "a.incomplete").write_bytes(b"12345")
+    (staging / "b.incomplete").write_bytes(b"12")
+    real_getsize = os.path.getsize
+
+    def vanishing(path):
+        if path.endswith("b.incomplete"):
+            os.unlink(path)  # what huggingface_hub's rename does to a finished download
+        return real_getsize(path)
+
+    monkeypatch.setattr(os.path, "getsize", vanishing)
+    assert hf_snapshot.orphaned_partials(str(tmp_path)) == {str(staging / "a.incomplete"): 5}
