@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -440,6 +441,36 @@ def test_vllm_metrics_count_real_traffic(model):
     assert metric(after, "vllm:num_requests_running") == 0
     assert "# TYPE vllm:time_to_first_token_seconds histogram" in after
     assert 'vllm:time_to_first_token_seconds_bucket{model_name="qwen3",engine="0",le="+Inf"} 2.0' in after
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_is_counted_before_its_last_bytes_leave(model, monkeypatch, stream):
+    """A /metrics read right after the reply must see it (the flake: 5 tokens counted of 8)."""
+    from standin import server as standin_server
+    counted_at_last_write = []
+
+    def snapshot(handler):
+        counted_at_last_write.append(metric(handler.server.metrics.render(), "vllm:generation_tokens_total"))
+
+    real_sse, real_json = standin_server.Handler._sse, standin_server.Handler._json
+    monkeypatch.setattr(standin_server.Handler, "_sse",
+                        lambda self, obj: (obj == b"[DONE]" and snapshot(self), real_sse(self, obj)))
+    monkeypatch.setattr(standin_server.Handler, "_json",
+                        lambda self, status, obj: (snapshot(self), real_json(self, status, obj)))
+    cfg = standin_server.Config(
+        engine="vllm", version=flags.DEFAULT_VERSIONS["vllm"], model_path=model, served_names=["qwen3"],
+        host="127.0.0.1", port=free_port(), api_keys=[], metrics_route=True, engine_metrics=True,
+        context_len=4096, model_config={}, server_args={}, load_s=0, warmup_s=0, token_delay_s=0)
+    server = standin_server.StandinServer(cfg)
+    server.server_bind()
+    server.server_activate()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chat("http://127.0.0.1:%d" % cfg.port, "qwen3", stream=stream, max_tokens=3).content
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert counted_at_last_write == [3]
 
 
 def test_sglang_metrics_only_with_enable_metrics(model):

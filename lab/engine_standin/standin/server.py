@@ -200,7 +200,7 @@ class Handler(BaseHTTPRequestHandler):
         metrics = self.server.metrics
         metrics.started()
         t0 = time.monotonic()
-        ttft, sent = 0.0, []
+        ttft, sent, recorded = 0.0, [], False
         try:
             if stream:
                 self._start_sse()
@@ -211,6 +211,9 @@ class Handler(BaseHTTPRequestHandler):
                 sent.append(token)
                 if stream:
                     self._sse(openai.stream_chunk(engine, kind, rid, model, created, text=token))
+            # The engines count a request before its last bytes leave, so a /metrics read after the reply sees it.
+            metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
+            recorded = True
             if not stream:
                 self._json(200, openai.full_response(engine, kind, rid, model, "".join(sent), finish,
                                                      prompt_tokens, len(sent)))
@@ -220,7 +223,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._sse(openai.usage_chunk(engine, kind, rid, model, created, prompt_tokens, len(sent)))
             self._end_sse()
         finally:
-            metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
+            if not recorded:  # the client went away mid-answer
+                metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
 
     def chat(self):
         self._inference("chat")
@@ -237,7 +241,7 @@ class Handler(BaseHTTPRequestHandler):
         tokens, finish = openai.answer_tokens(prompt, max_new)
         rid, stream, t0 = openai.new_id("sglang", "generate"), bool(body.get("stream")), time.monotonic()
         self.server.metrics.started()
-        ttft, sent = 0.0, []
+        ttft, sent, recorded = 0.0, [], False
 
         def result():
             reason = {"type": "length", "length": len(sent)} if finish == "length" else {"type": "stop", "matched": 2}
@@ -254,12 +258,15 @@ class Handler(BaseHTTPRequestHandler):
                 sent.append(token)
                 if stream:
                     self._sse(result())
+            self.server.metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
+            recorded = True
             if stream:
                 self._end_sse()
             else:
                 self._json(200, result())
         finally:
-            self.server.metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
+            if not recorded:
+                self.server.metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
 
     def model_info(self):
         cfg, args = self.cfg, self.cfg.server_args
