@@ -225,10 +225,16 @@ def engine_rollout_record(before, after, names, replaced, restored=(), failure=N
     return engine_deploy.rollout_record(before, after, list(names), list(replaced), list(restored), failure, healthy)
 
 
+def engine_docker_config_restored(record, healthy, failure=None):
+    """The engine_rollout fact once the previous daemon.json is back (plugin_utils/engine_deploy.docker_config_restored)."""
+    return engine_deploy.docker_config_restored(record, healthy, failure)
+
+
 class FilterModule:
     def filters(self):
         return {"converge_digests": converge_digests, "fleet_models": fleet_models, "model_key": model_key,
                 "resolved_commits": resolved_commits, "pinned_commit": pinned_commit, "fleet_summary": fleet_summary,
                 "prometheus_file_sd": prometheus_file_sd, "engine_instances": engine_instances,
                 "engine_rollback_plan": engine_rollback_plan, "engine_swap_repair": engine_swap_repair,
-                "engine_rollout_record": engine_rollout_record}
+                "engine_rollout_record": engine_rollout_record,
+                "engine_docker_config_restored": engine_docker_config_restored}

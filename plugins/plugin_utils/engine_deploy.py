@@ -392,9 +392,28 @@ def rollout_record(before, after, names, replaced, restored=(), failure=None, he
             outcome = "no previous container to go back to; the new one was removed"
         else:
             outcome = "nothing was changed"
-        health = {True: "healthy", False: "NOT healthy"}.get(healthy, "health unknown")
-        cause = "%s; %s, now %s" % (failure.strip().rstrip("."), outcome, health)
+        cause = "%s; %s, now %s" % (failure.strip().rstrip("."), outcome, _health_words(healthy))
     return {"instances": instances, "rolled_back": bool(restored), "cause": cause}
+
+
+def _health_words(healthy):
+    return {True: "healthy", False: "NOT healthy"}.get(healthy, "health unknown")
+
+
+def docker_config_restored(record, healthy, failure=None):
+    """The engine_rollout record of a failed host once its previous Docker configuration was put back
+    (engine role, docker_config_restore.yml): the cause says so, and the health is the one after Docker's
+    restart. With `failure` (why putting it back failed) the cause says that instead."""
+    cause = (record or {}).get("cause") or "the rollout of this host failed, now health unknown"
+    done, sep, _old_health = cause.rpartition(", now ")
+    done = done if sep else cause
+    if failure is None:
+        cause = "%s; Docker's previous configuration (daemon.json) put back and Docker restarted, now %s" % (
+            done, _health_words(healthy))
+    else:
+        cause = "%s; putting Docker's previous configuration (daemon.json) back failed: %s, now %s" % (
+            done, str(failure).strip().rstrip("."), _health_words(healthy))
+    return dict(record or {"instances": [], "rolled_back": False}, cause=cause, docker_config_restored=failure is None)
 
 
 def serving_after_failure(record):

@@ -55,6 +55,9 @@ RUNTIME_NAMES = frozenset((
     # engine rollout (batch gate, reachability probe, swap repair; model_on_host.yml when run alone)
     "engine_batch", "engine_reach", "engine_repaired", "gpufleet_rollout_stopped", "engine_snapshots",
     "engine_manifests", "engine_indexes", "gpufleet_docker_config_pending",
+    # engine: Docker's previous configuration, put back on a failed host (docker_config_restore.yml)
+    "engine_docker_config_before", "engine_docker_config_rewritten", "engine_docker_config_removed",
+    "engine_docker_journal",
     # dcgm_exporter
     "dcgm_exporter_deployed", "dcgm_exporter_container", "dcgm_exporter_metrics",
     # gateway (its hosts' facts, read by the engine role and the reports)

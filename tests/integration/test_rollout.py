@@ -578,7 +578,7 @@ def test_a_daemon_json_change_restarts_docker_one_batch_at_a_time(fleet, first_r
     """Issue 16: a daemon.json change on hosts whose engines run is written and applied (Docker restarted, which
     stops every engine of the host) in each host's rollout batch: the canary's Docker restarts first, and the
     next batch's only after the canary's engine, restarted with it, passed its health gate. The host stack
-    writes and restarts nothing. Last in the module: the fleet goes down after it."""
+    writes and restarts nothing."""
     before = {h: engine(h) for h in HOSTS}
     config = {"container_toolkit_daemon_config": {"log-driver": "json-file",
                                                   "log-opts": {"max-size": "50m", "max-file": "4"}}}
@@ -609,6 +609,27 @@ def test_a_daemon_json_change_restarts_docker_one_batch_at_a_time(fleet, first_r
     started = {h: engine(h)[1] for h in OTHERS}
     assert all(instant(t) > instant(healthy[0]) for t in started.values()), (healthy[0], started)
 
+
+def test_a_daemon_json_docker_refuses_is_put_back_and_the_canary_serves_again(fleet, first_run):
+    """Issue 16: a daemon.json key Docker refuses fails the canary's Docker restart in its batch. The canary gets
+    its previous daemon.json back, Docker starts with it, the same engine comes back healthy (restart policy), and
+    the rollout stops: no other host's file is written or its Docker restarted. Last in the module: the fleet
+    goes down after it."""
+    before = {h: engine(h) for h in HOSTS}
+    daemon_json = {h: hx(h, "cat /etc/docker/daemon.json").stdout for h in HOSTS}
+    config = {"container_toolkit_daemon_config": {"gpufleet-no-such-option": True}}
+    rc, output, recap = run(fleet, "site.yml", *FAST, "-e", json.dumps(config))
+    assert rc == 2 and recap[CANARY]["failed"] == 1, output[-4000:]
+    assert "gpufleet-no-such-option" in output                    # Docker's own refusal, in the cause
+    assert "Docker's previous configuration (daemon.json) put back and Docker restarted, now healthy" in output
+    assert {h: hx(h, "cat /etc/docker/daemon.json").stdout for h in HOSTS} == daemon_json
+    assert hx(CANARY, "systemctl is-active docker").stdout.strip() == "active"
+    now = engine(CANARY)
+    assert now[0] == before[CANARY][0] and now[3], now              # the same container, running again
+    assert instant(now[1]) > instant(before[CANARY][1])             # stopped by the failed restart, started again
+    status, body = http(CANARY, "/v1/models", KEY)
+    assert status == 200 and "tiny-qwen2" in body
+    assert_untouched(before)
 
 def instant(stamp):
     """Seconds of Docker's RFC 3339 timestamps ('2026-12-04T04:22:37.98667057Z': the fraction's trailing zeros cut)."""

@@ -165,6 +165,24 @@ def test_rollout_record_failures_without_a_rollback():
     assert untouched["cause"] == "image missing; nothing was changed, now NOT healthy"
 
 
+def test_docker_config_restored_rewrites_the_cause_and_the_health():
+    back = engine_deploy.rollout_record([listed("eng", "img:1")], [listed("eng", "img:1")], ["eng"], ["eng"],
+                                        restored=["eng"], failure="health: timed out", healthy=False)
+    restored = FILTERS["engine_docker_config_restored"](back, True)
+    assert restored["cause"] == ("health: timed out; rolled back to the previous container (eng: img:1); Docker's "
+                                 "previous configuration (daemon.json) put back and Docker restarted, now healthy")
+    assert restored["docker_config_restored"] is True and restored["instances"] == back["instances"]
+    assert back["cause"].endswith(", now NOT healthy")  # the input record is left as it was
+    # Docker refused the new daemon.json: the deployment never started, the rescue recorded a bare failure.
+    refused = engine_deploy.rollout_record([], [], [], [], failure="Restart Docker: Unable to restart service docker")
+    failed = engine_deploy.docker_config_restored(refused, False, failure="Unable to restart service docker. ")
+    assert failed["cause"] == ("Restart Docker: Unable to restart service docker; nothing was changed; putting "
+                               "Docker's previous configuration (daemon.json) back failed: Unable to restart service "
+                               "docker, now NOT healthy")
+    assert failed["docker_config_restored"] is False
+    assert engine_deploy.docker_config_restored(None, True)["cause"].startswith("the rollout of this host failed; Docker's")
+
+
 # --- MIG (docs/planning.md "MIG"): one engine per MIG device ---------------------------------------------------
 import copy  # noqa: E402
 import os  # noqa: E402
