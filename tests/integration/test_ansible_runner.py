@@ -1,6 +1,6 @@
 """site.yml driven by ansible-runner's Python API, the way AWX/AAP runs a job, on the runner fleet
-(tests/integration/fleets/runner.yml: two hosts on their own network beside the built-in lab, brought
-up and down here). See docs/ansible_runner.md.
+(tests/integration/fleets/runner.yml: one host on its own network beside the built-in lab, brought
+up and down here: what runner adds does not depend on the number of hosts, and each costs a bare converge). See docs/ansible_runner.md.
 
 The private data dir is laid out as AWX lays it out: project/ (this checkout, so its ansible.cfg and
 collections/ apply), inventory/, env/extravars (job extra vars and credential injections: the engine
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.lab
 FLEET_FILE = os.path.join(REPO_ROOT, "tests", "integration", "fleets", "runner.yml")
 FLEET_STATE = os.path.join(REPO_ROOT, ".cache", "lab", "fleets", "runner")
 PREFIX = "gpufleet-runner-"
-HOSTS = ["x-hopper-1", "x-l40s-1"]
+HOSTS = ["x-hopper-1"]
 COLLECTION_ROOT = os.path.join(os.path.realpath(REPO_ROOT), "collections", "ansible_collections", "gpufleet",
                                "serving")
 KEY = "gpufleet-runner-key-" + secrets.token_hex(12)
@@ -93,7 +93,7 @@ def pdd(fleet, tmp_path_factory):
     # relative to the working directory, which is the project (this checkout) under runner.
     write_private(str(env / "extravars"), json.dumps({
         "engine_api_key": KEY,
-        # Extra vars replace the lab's list: keep its draft (the L40S group's engine_draft_model names it).
+        # Extra vars replace the lab's list: keep its draft (the lab's L40S group names it; what other fleets run).
         "model_fetch_extra_models": [{"repo_id": GATED, "name": "gated"},
                                      {"repo_id": "gpufleet/tiny-qwen2-draft", "name": "draft"}],
         "rollout_prometheus_file_sd": str(root / "file_sd.json"),

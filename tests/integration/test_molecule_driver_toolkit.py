@@ -2,7 +2,7 @@
 
 molecule/driver and molecule/toolkit install from the lab's signed stand-in of NVIDIA's repositories
 (lab/nvidia-repo) on lab-host containers of their own: converge, idempotence (changed=0), side
-effects (branch 580 -> 535 -> 580, a driver change under the CDI spec, a toolkit upgrade), testinfra.
+effects (branch 580 -> 535, a driver change under the CDI spec, a toolkit upgrade), testinfra.
 """
 import os
 import re

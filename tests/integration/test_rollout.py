@@ -631,6 +631,7 @@ def test_a_daemon_json_docker_refuses_is_put_back_and_the_canary_serves_again(fl
     assert status == 200 and "tiny-qwen2" in body
     assert_untouched(before)
 
+
 def instant(stamp):
     """Seconds of Docker's RFC 3339 timestamps ('2026-12-04T04:22:37.98667057Z': the fraction's trailing zeros cut)."""
     whole, _unused, fraction = stamp.rstrip("Z").partition(".")

@@ -1,11 +1,11 @@
-"""State of the lab host after converge, idempotence and the 580 -> 535 -> 580 side effect."""
+"""State of the lab host after converge (580), idempotence and the 580 -> 535 side effect."""
 import json
 
 testinfra_hosts = ["ansible://gpu_hosts"]
 
-DRIVER = "580.95.05"
-HELD = ["firmware-nvidia-gsp", "libcuda1", "libnvidia-ml1", "libnvidia-nscq-580", "nvidia-driver-cuda",
-        "nvidia-fabricmanager-580", "nvidia-kernel-open-dkms", "nvidia-persistenced", "nvidia-smi"]
+DRIVER = "535.261.03"
+HELD = ["firmware-nvidia-gsp", "libcuda1", "libnvidia-ml1", "libnvidia-nscq-535", "nvidia-driver-cuda",
+        "nvidia-fabricmanager-535", "nvidia-kernel-open-dkms", "nvidia-persistenced", "nvidia-smi"]
 
 
 def installed(host):
@@ -18,7 +18,8 @@ def test_driver_packages_at_the_branch_and_held(host):
     for name in HELD:
         assert packages[name] == DRIVER + "-1", name
     assert sorted(host.check_output("apt-mark showhold").split()) == HELD
-    assert "nvidia-fabricmanager-535" not in packages and "nvidia-kernel-dkms" not in packages
+    assert "nvidia-fabricmanager-580" not in packages and "libnvidia-nscq-580" not in packages
+    assert "nvidia-kernel-dkms" not in packages
 
 
 def test_kernel_headers_for_the_running_kernel_and_dkms(host):
@@ -28,12 +29,12 @@ def test_kernel_headers_for_the_running_kernel_and_dkms(host):
 
 
 def test_branch_pin_keeps_apt_off_the_newer_branch(host):
-    # The stand-in repository also has 590.44.01: the pin keeps 580 the candidate.
+    # The stand-in repository also has 580.95.05 and 590.44.01: the pin keeps 535 the candidate.
     policy = host.check_output("apt-cache policy nvidia-driver-cuda")
-    assert "590.44.01-1" in policy
+    assert "580.95.05-1" in policy and "590.44.01-1" in policy
     assert "Candidate: %s-1" % DRIVER in policy
     pin = host.file("/etc/apt/preferences.d/gpufleet-nvidia-driver").content_string
-    assert "Pin: version 580.*" in pin and "Pin-Priority: 1001" in pin
+    assert "Pin: version 535.*" in pin and "Pin-Priority: 1001" in pin
 
 
 def test_repository_is_signed_by_its_key(host):
