@@ -199,7 +199,11 @@ def prometheus_file_sd(hostvars, hosts, previous=None, inventory_hosts=None):
             groups.append({"targets": [f"{address}:{dcgm['port']}"],
                            "labels": {"host": host, "gpu": _gpu_label(hv.get("gpufleet_gpu") or {}),
                                       "container": dcgm["name"], "exporter": "dcgm"}})
-    return groups
+    # In inventory order whichever hosts this run saw: a --limit run that changes nothing writes the same file.
+    order = {}
+    for h in list(inventory_hosts or []) + list(hosts):
+        order.setdefault(h, len(order))
+    return sorted(groups, key=lambda g: order.get(g["labels"].get("host"), len(order)))
 
 
 def engine_instances(gpu_facts, instances=None, **kwargs):

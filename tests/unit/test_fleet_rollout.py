@@ -100,6 +100,16 @@ def test_file_sd_of_a_limited_run_keeps_the_rest_of_the_fleet():
                                         ["a", "b", "c"])
     groups = FILTERS["prometheus_file_sd"]({"a": host(port=30001)}, ["a"], previous=json.dumps(old),
                                            inventory_hosts=["a", "b"])
-    assert [(g["labels"]["host"], g["targets"]) for g in groups] == [("b", ["10.0.0.2:30000"]), ("a", ["10.0.0.1:30001"])]
+    assert [(g["labels"]["host"], g["targets"]) for g in groups] == [("a", ["10.0.0.1:30001"]), ("b", ["10.0.0.2:30000"])]
     assert FILTERS["prometheus_file_sd"]({"a": host()}, ["a"], previous="not json", inventory_hosts=["a", "b"]) == \
         FILTERS["prometheus_file_sd"]({"a": host()}, ["a"])
+
+
+def test_file_sd_of_a_limited_run_that_changes_nothing_is_the_same_file():
+    """Found on the lab: `--limit turing-1,...` wrote the hosts outside the run first, a change on every such run."""
+    fleet = {"a": host(ip="10.0.0.1"), "b": host(ip="10.0.0.2"), "c": host(ip="10.0.0.3")}
+    full = FILTERS["prometheus_file_sd"](fleet, ["a", "b", "c"], inventory_hosts=["a", "b", "c"])
+    for limit in (["a"], ["b"], ["c", "a"]):
+        limited = FILTERS["prometheus_file_sd"]({h: fleet[h] for h in limit}, limit, previous=json.dumps(full),
+                                                inventory_hosts=["a", "b", "c"])
+        assert limited == full, limit
