@@ -151,6 +151,8 @@ def fleet_summary(hostvars, hosts, lost=None, stopped=None):
         ))
         if rollout.get("cause"):
             causes.append(f"{host}: {rollout['cause']}")
+        elif unreachable and (hv.get("engine_reach") or {}).get("during_deployment"):
+            causes.append(f"{host}: lost during its deployment, what it runs now is unknown: {unreachable.strip()}")
         elif unreachable:
             causes.append(f"{host}: unreachable when its batch started, not changed: {unreachable.strip()}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

@@ -57,7 +57,7 @@ RUNTIME_NAMES = frozenset((
     "engine_manifests", "engine_indexes", "gpufleet_docker_config_pending",
     # engine: Docker's previous configuration, put back on a failed host (docker_config_restore.yml)
     "engine_docker_config_before", "engine_docker_config_rewritten", "engine_docker_config_removed",
-    "engine_docker_journal",
+    "engine_docker_journal", "engine_reach_after",
     # dcgm_exporter
     "dcgm_exporter_deployed", "dcgm_exporter_container", "dcgm_exporter_metrics",
     # gateway (its hosts' facts, read by the engine role and the reports)

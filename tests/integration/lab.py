@@ -80,21 +80,22 @@ PAUSE_TASK = "TASK [gpufleet.serving.engine : Pause before the next batch]"
 SSH_RESET = "iptables -%s INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset"
 
 
-def run_losing_host_at_pause(cmd, container):
-    """Runs an ansible-playbook command line; when the rollout's first pause begins, `container` (a lab host's
-    container name) stops answering SSH until the run ends. Returns (returncode, output, blocked: the
-    iptables call, or None when no pause came)."""
+def run_losing_host_at_pause(cmd, container, trigger=PAUSE_TASK, occurrence=1):
+    """Runs an ansible-playbook command line; when the rollout's first pause begins (or the `occurrence`-th
+    line starting with `trigger`), `container` (a lab host's container name) stops answering SSH until the
+    run ends. Returns (returncode, output, blocked: the iptables call, or None when no such line came)."""
     def block(verb):
         return subprocess.run(["docker", "exec", container, "bash", "-c", SSH_RESET % verb], capture_output=True,
                               text=True, check=False)
 
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=ansible_env(PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, blocked = [], None
+    lines, blocked, seen = [], None, 0
     try:
         for line in proc.stdout:
             lines.append(line)
-            if blocked is None and PAUSE_TASK in line:
+            seen += line.startswith(trigger)
+            if blocked is None and seen == occurrence:
                 blocked = block("I")
         rc = proc.wait(timeout=600)
     finally:

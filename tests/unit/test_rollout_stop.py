@@ -132,3 +132,19 @@ def test_one_rollout_max_fail_percentage_for_the_rollout():
     errors = MAX_FAIL_ERRORS(hv, HOSTS)
     assert errors == ["rollout_max_fail_percentage=150 is not a percentage from 0 to 100 (0: stop at the first failed "
                       "host) (b2). Fix: -e with a valid value (docs/rollout.md)"], errors
+
+
+def test_a_canary_lost_during_its_deployment_stops_the_rollout_and_is_reported_as_such():
+    """rollout.yml's reach_after_deploy.yml: the canary (a batch of one) answered the probe, then went away while
+    it deployed. It stays in the play (its unreachable tasks are ignored), recorded with engine_reach and an empty
+    engine_rollout: the gate stops the rollout, the report names it lost, not failed with its last task's error."""
+    hv = fleet(b1="later", b2="later", b3="later")
+    hv["c"]["engine_reach"] = dict(UNREACHABLE, during_deployment=True)
+    hv["c"]["engine_rollout"] = FLEET["engine_rollout_record"]([], [], [], [])
+    gate = GATE(hv, HOSTS, HOSTS, ["c"], 0)                 # still active: Ansible did not remove it
+    assert gate["stop"] and gate["unreachable"] == ["c"] and gate["failed"] == []
+    assert gate["not_rolled_out"] == ["b1", "b2", "b3"]
+    lines = FLEET["fleet_summary"](hv, HOSTS, lost=[], stopped=gate)
+    assert rows(lines[:-1])["c"].split()[-1] == "UNREACHABLE/FAILED"
+    assert lines[-2] == "c: lost during its deployment, what it runs now is unknown: " + UNREACHABLE["msg"]
+    assert lines[-1].startswith("Rollout stopped after batch c: c unreachable")
