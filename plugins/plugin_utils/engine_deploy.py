@@ -391,7 +391,7 @@ def rollout_record(before, after, names, replaced, restored=(), failure=None, he
         elif replaced:
             outcome = "no previous container to go back to; the new one was removed"
         else:
-            outcome = "nothing was changed"
+            outcome = "no container was changed"
         cause = "%s; %s, now %s" % (failure.strip().rstrip("."), outcome, _health_words(healthy))
     return {"instances": instances, "rolled_back": bool(restored), "cause": cause}
 

@@ -1,4 +1,4 @@
-"""Issue 5 end to end on the rollout fleet (tests/integration/fleets/rollout.yml: four hosts on their
+"""Issue 5 end to end on the rollout fleet (tests/integration/fleets/rollout.yml: three hosts on their
 own network beside the built-in lab, brought up and down here): SGLang and vLLM per group, changed=0
 on a second run, the API key nowhere but the root-only file, the benchmark's CSV and plots, a canary
 that fails (missing image; engine that crashes at start) put back on its last good container with
@@ -30,9 +30,9 @@ FLEET_FILE = os.path.join(REPO_ROOT, "tests", "integration", "fleets", "rollout.
 INVENTORY = os.path.join(REPO_ROOT, ".cache", "lab", "fleets", "rollout", "inventory")
 PREFIX = "gpufleet-rollout-"
 CANARY = "r-hopper-1"                     # first in inventory order: the rollout's canary
-OTHERS = ["r-l40s-1", "r-l40s-2", "r-turing-1"]
+OTHERS = ["r-l40s-1", "r-turing-1"]
 HOSTS = [CANARY] + OTHERS
-ENGINES = {"r-hopper-1": "sglang", "r-l40s-1": "sglang", "r-l40s-2": "sglang", "r-turing-1": "vllm"}
+ENGINES = {"r-hopper-1": "sglang", "r-l40s-1": "sglang", "r-turing-1": "vllm"}
 PORTS = {"sglang": 30000, "vllm": 8000}
 KEY = "gpufleet-test-key-" + secrets.token_hex(12)
 # One batch after the canary keeps the runs short; the batch logic is the same for any size.
@@ -194,10 +194,11 @@ def test_benchmark_writes_csv_and_plot_per_group(fleet, first_run):
                               "-e", "benchmark_requests=6", "-e", "benchmark_max_tokens=16")
     assert rc == 0, output[-4000:]
     assert sorted(os.listdir(out)) == ["hopper.csv", "hopper.svg", "l40s.csv", "l40s.svg", "turing.csv", "turing.svg"]
-    with open(out / "l40s.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert sorted({r["host"] for r in rows}) == ["r-l40s-1", "r-l40s-2"]
-    for host in ("r-l40s-1", "r-l40s-2"):
+    # One host per group here; the CSV and plot of a group of several hosts: tests/unit/test_loadgen.py.
+    for group, host in (("hopper", CANARY), ("l40s", "r-l40s-1"), ("turing", "r-turing-1")):
+        with open(out / ("%s.csv" % group)) as f:
+            rows = list(csv.DictReader(f))
+        assert {r["host"] for r in rows} == {host}, rows
         levels = [r for r in rows if r["host"] == host]
         assert [int(r["concurrency"]) for r in levels] == [1, 5, 10, 20]
         assert all(int(r["ok"]) == max(6, int(r["concurrency"])) and r["errors"] == "0" for r in levels)
@@ -225,7 +226,7 @@ def test_missing_image_on_the_canary_stops_the_rollout_before_any_change(fleet, 
     rows = report_rows(output, "gpufleet.serving.engine : The fleet as it stands")
     assert "healthy" in rows[CANARY] and rows[CANARY].split()[-1] == "FAILED", rows
     assert "not reached" in rows[other] and rows[other].split()[-1] == "NOT-ROLLED-OUT", rows   # the stop left it
-    assert "does-not-exist" in output and "nothing was changed, now healthy" in output
+    assert "does-not-exist" in output and "no container was changed, now healthy" in output
 
 
 def test_engine_crashing_at_start_on_the_canary_is_rolled_back(fleet, first_run):
@@ -310,11 +311,11 @@ def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
     """A real change (a new served model name) rolls out; while the pause after the canary runs, one host
     of the next batch stops answering SSH. Within rollout_max_fail_percentage the others finish and
     the report names the lost host."""
-    lost = "r-l40s-2"
+    lost = "r-l40s-1"
     before = {h: engine(h) for h in HOSTS}
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", "@" + fleet["secrets"],
            "-e", "rollout_prometheus_file_sd=%s" % (fleet["work"] / "file_sd.json"), *FAST,
-           "-e", "engine_served_model_name=tiny-qwen2-b", "-e", "rollout_max_fail_percentage=30",
+           "-e", "engine_served_model_name=tiny-qwen2-b", "-e", "rollout_max_fail_percentage=50",
            "-e", "rollout_pause_between_batches=true", "-e", "rollout_pause_seconds=4"]
     rc, output, blocked = lab.run_losing_host_at_pause(cmd, PREFIX + lost)
     assert blocked is not None and blocked.returncode == 0, output[-3000:]
@@ -336,7 +337,7 @@ def test_host_lost_mid_rollout_the_others_finish(fleet, first_run):
         assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2-b"
         assert set(containers(host)) == {"gpufleet-engine"}  # the replaced one removed once healthy
     # The canary went first; the next batch started only after its health gate and the pause.
-    assert all(engine(h)[1] > engine(CANARY)[1] for h in ("r-l40s-1", "r-turing-1"))
+    assert engine("r-turing-1")[1] > engine(CANARY)[1]
 
 
 def test_two_engines_on_one_host_replace_its_single_engine(fleet, first_run):
@@ -461,13 +462,38 @@ def test_a_failed_canary_still_ends_with_the_report_targets_and_locks_given_back
                      output), output[-3000:]
 
 
+def test_a_host_back_with_its_previous_container_running_converges_in_one_run(fleet, first_run):
+    """A controller killed mid-swap (or a reboot with the restart policy) leaves gpufleet-engine-previous
+    running, holding the engine's port: on one host with no gpufleet-engine beside it, on another beside
+    a gpufleet-engine that never started. One run makes the running container current again and
+    converges both (a new container would fail with "port is already allocated")."""
+    alone, beside = "r-l40s-1", "r-turing-1"
+    ids = {}
+    for host in (alone, beside):
+        ids[host] = engine(host)[0]
+        image = engine(host)[2]
+        assert hx(host, "docker rename gpufleet-engine gpufleet-engine-previous").returncode == 0
+        if host == beside:
+            made = hx(host, "docker create --name gpufleet-engine --label gpufleet.plan_hash=stale %s" % image)
+            assert made.returncode == 0, made.stderr
+    rc, output, recap = run(fleet, "site.yml", "--limit", "%s,%s" % (alone, beside))
+    assert rc == 0, output[-4000:]
+    for host in (alone, beside):
+        assert recap[host]["failed"] == 0 and recap[host]["changed"] > 0, recap
+        assert set(containers(host)) == {"gpufleet-engine"}, containers(host)
+        assert engine(host)[0] == ids[host] and engine(host)[3]   # the one that kept serving, not a new one
+        status, body = http(host, "/v1/models", KEY)
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
+    assert "port is already allocated" not in output
+
+
 def test_a_host_lost_alone_in_its_batch_during_its_deployment_stops_the_rollout_with_the_report(fleet, first_run):
     """Batches of one host: the canary rolls out, then the next host stops answering SSH while its new engine is in
     its health gate. Its batch is lost whole, mid-deployment (Ansible would remove the host and end the playbook
     there): the host stays in the play, is found gone and recorded as lost, the rollout stops, the later hosts are
     left as they are, and the report, the Prometheus targets (every host still listed) and the run's failure
     follow. (Lost before its batch, at the pause: test_host_lost_mid_rollout_the_others_finish.)"""
-    lost, later = "r-l40s-1", ["r-l40s-2", "r-turing-1"]  # inventory order: the second batch, then the rest
+    lost, later = "r-l40s-1", ["r-turing-1"]  # inventory order: the second batch, then the rest
     before = {h: containers(h) for h in HOSTS}
     targets_before = json.loads((fleet["work"] / "file_sd.json").read_text())
     cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "site.yml", "-i", INVENTORY, "-e", "@" + fleet["secrets"],
@@ -497,31 +523,6 @@ def test_a_host_lost_alone_in_its_batch_during_its_deployment_stops_the_rollout_
     assert [g for g in targets if g["labels"]["host"] != CANARY] == \
         [g for g in targets_before if g["labels"]["host"] != CANARY]     # the lost and later hosts still monitored
     assert {g["labels"]["host"] for g in targets} == set(HOSTS)
-
-
-def test_a_host_back_with_its_previous_container_running_converges_in_one_run(fleet, first_run):
-    """A controller killed mid-swap (or a reboot with the restart policy) leaves gpufleet-engine-previous
-    running, holding the engine's port: on one host with no gpufleet-engine beside it, on another beside
-    a gpufleet-engine that never started. One run makes the running container current again and
-    converges both (a new container would fail with "port is already allocated")."""
-    alone, beside = "r-l40s-2", "r-turing-1"
-    ids = {}
-    for host in (alone, beside):
-        ids[host] = engine(host)[0]
-        image = engine(host)[2]
-        assert hx(host, "docker rename gpufleet-engine gpufleet-engine-previous").returncode == 0
-        if host == beside:
-            made = hx(host, "docker create --name gpufleet-engine --label gpufleet.plan_hash=stale %s" % image)
-            assert made.returncode == 0, made.stderr
-    rc, output, recap = run(fleet, "site.yml", "--limit", "%s,%s" % (alone, beside))
-    assert rc == 0, output[-4000:]
-    for host in (alone, beside):
-        assert recap[host]["failed"] == 0 and recap[host]["changed"] > 0, recap
-        assert set(containers(host)) == {"gpufleet-engine"}, containers(host)
-        assert engine(host)[0] == ids[host] and engine(host)[3]   # the one that kept serving, not a new one
-        status, body = http(host, "/v1/models", KEY)
-        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny-qwen2"
-    assert "port is already allocated" not in output
 
 
 def test_the_installed_collection_runs_rollout_alone_and_site_from_a_directory_of_its_own(fleet, first_run, tmp_path):

@@ -162,7 +162,7 @@ def test_rollout_record_failures_without_a_rollback():
     assert first["instances"][0]["before"] is None and first["rolled_back"] is False
     untouched = engine_deploy.rollout_record([listed("eng", "img:1")], [listed("eng", "img:1")], ["eng"], [],
                                              failure="image missing", healthy=False)
-    assert untouched["cause"] == "image missing; nothing was changed, now NOT healthy"
+    assert untouched["cause"] == "image missing; no container was changed, now NOT healthy"
 
 
 def test_docker_config_restored_rewrites_the_cause_and_the_health():
@@ -176,7 +176,7 @@ def test_docker_config_restored_rewrites_the_cause_and_the_health():
     # Docker refused the new daemon.json: the deployment never started, the rescue recorded a bare failure.
     refused = engine_deploy.rollout_record([], [], [], [], failure="Restart Docker: Unable to restart service docker")
     failed = engine_deploy.docker_config_restored(refused, False, failure="Unable to restart service docker. ")
-    assert failed["cause"] == ("Restart Docker: Unable to restart service docker; nothing was changed; putting "
+    assert failed["cause"] == ("Restart Docker: Unable to restart service docker; no container was changed; putting "
                                "Docker's previous configuration (daemon.json) back failed: Unable to restart service "
                                "docker, now NOT healthy")
     assert failed["docker_config_restored"] is False

@@ -5,6 +5,7 @@ sglang/srt/observability/metrics_collector.py (0.5.23: labels model_name + engin
 scheduler gauges add tp/pp/moe_ep rank, token counters add is_streaming).
 """
 import threading
+import time
 
 VLLM_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                      2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -145,5 +146,37 @@ class EngineMetrics:
             self.running -= 1
             self._publish_gauges(generated / e2e_s if e2e_s > 0 else 0.0)
 
+    def request(self, prompt_tokens, finish_reason, streaming):
+        """A request just started, counted once when it ends (see RequestRecord)."""
+        self.started()
+        return RequestRecord(self, prompt_tokens, finish_reason, streaming)
+
     def render(self):
         return self.registry.render()
+
+
+class RequestRecord:
+    """One request's numbers, counted once: by done() before the answer's last bytes leave (the engines count a
+    request before its response ends, so a /metrics read right after the reply sees it), or on leaving the
+    with block when the client went away mid-answer."""
+
+    def __init__(self, metrics, prompt_tokens, finish_reason, streaming):
+        self.metrics, self.prompt_tokens = metrics, prompt_tokens
+        self.finish_reason, self.streaming = finish_reason, streaming
+        self.t0, self.ttft, self.generated, self._counted = time.monotonic(), 0.0, 0, False
+
+    def token(self):
+        self.ttft = self.ttft or time.monotonic() - self.t0
+        self.generated += 1
+
+    def done(self):
+        if not self._counted:
+            self._counted = True
+            self.metrics.finished(self.prompt_tokens, self.generated, self.ttft, time.monotonic() - self.t0,
+                                  self.finish_reason, self.streaming)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.done()

@@ -197,23 +197,18 @@ class Handler(BaseHTTPRequestHandler):
         tokens, finish = openai.answer_tokens(prompt, max_tokens)
         stream = bool(body.get("stream"))
         rid, created = openai.new_id(engine, kind), int(time.time())
-        metrics = self.server.metrics
-        metrics.started()
-        t0 = time.monotonic()
-        ttft, sent, recorded = 0.0, [], False
-        try:
+        sent = []
+        with self.server.metrics.request(prompt_tokens, finish, stream) as record:
             if stream:
                 self._start_sse()
                 if kind == "chat":
                     self._sse(openai.stream_chunk(engine, kind, rid, model, created, role=True))
             for token in self._tokens(tokens):
-                ttft = ttft or time.monotonic() - t0
+                record.token()
                 sent.append(token)
                 if stream:
                     self._sse(openai.stream_chunk(engine, kind, rid, model, created, text=token))
-            # The engines count a request before its last bytes leave, so a /metrics read after the reply sees it.
-            metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
-            recorded = True
+            record.done()
             if not stream:
                 self._json(200, openai.full_response(engine, kind, rid, model, "".join(sent), finish,
                                                      prompt_tokens, len(sent)))
@@ -222,9 +217,6 @@ class Handler(BaseHTTPRequestHandler):
             if (body.get("stream_options") or {}).get("include_usage"):
                 self._sse(openai.usage_chunk(engine, kind, rid, model, created, prompt_tokens, len(sent)))
             self._end_sse()
-        finally:
-            if not recorded:  # the client went away mid-answer
-                metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
 
     def chat(self):
         self._inference("chat")
@@ -240,8 +232,7 @@ class Handler(BaseHTTPRequestHandler):
         max_new = (body.get("sampling_params") or {}).get("max_new_tokens", 128)
         tokens, finish = openai.answer_tokens(prompt, max_new)
         rid, stream, t0 = openai.new_id("sglang", "generate"), bool(body.get("stream")), time.monotonic()
-        self.server.metrics.started()
-        ttft, sent, recorded = 0.0, [], False
+        sent = []
 
         def result():
             reason = {"type": "length", "length": len(sent)} if finish == "length" else {"type": "stop", "matched": 2}
@@ -250,23 +241,19 @@ class Handler(BaseHTTPRequestHandler):
                     "meta_info": {"id": rid, "finish_reason": reason if done else None,
                                   "prompt_tokens": prompt_tokens, "completion_tokens": len(sent),
                                   "cached_tokens": 0, "e2e_latency": time.monotonic() - t0}}
-        try:
+        with self.server.metrics.request(prompt_tokens, finish, stream) as record:
             if stream:
                 self._start_sse()
             for token in self._tokens(tokens):
-                ttft = ttft or time.monotonic() - t0
+                record.token()
                 sent.append(token)
                 if stream:
                     self._sse(result())
-            self.server.metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
-            recorded = True
+            record.done()
             if stream:
                 self._end_sse()
             else:
                 self._json(200, result())
-        finally:
-            if not recorded:
-                self.server.metrics.finished(prompt_tokens, len(sent), ttft, time.monotonic() - t0, finish, stream)
 
     def model_info(self):
         cfg, args = self.cfg, self.cfg.server_args
