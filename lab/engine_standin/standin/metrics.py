@@ -163,16 +163,17 @@ class RequestRecord:
     def __init__(self, metrics, prompt_tokens, finish_reason, streaming):
         self.metrics, self.prompt_tokens = metrics, prompt_tokens
         self.finish_reason, self.streaming = finish_reason, streaming
-        self.t0, self.ttft, self.generated, self._counted = time.monotonic(), 0.0, 0, False
+        self.t0, self.ttft, self.sent, self._counted = time.monotonic(), 0.0, [], False
 
-    def token(self):
+    def token(self, text):
+        """A token of the answer is about to be sent."""
         self.ttft = self.ttft or time.monotonic() - self.t0
-        self.generated += 1
+        self.sent.append(text)
 
     def done(self):
         if not self._counted:
             self._counted = True
-            self.metrics.finished(self.prompt_tokens, self.generated, self.ttft, time.monotonic() - self.t0,
+            self.metrics.finished(self.prompt_tokens, len(self.sent), self.ttft, time.monotonic() - self.t0,
                                   self.finish_reason, self.streaming)
 
     def __enter__(self):

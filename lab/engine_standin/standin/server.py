@@ -197,15 +197,14 @@ class Handler(BaseHTTPRequestHandler):
         tokens, finish = openai.answer_tokens(prompt, max_tokens)
         stream = bool(body.get("stream"))
         rid, created = openai.new_id(engine, kind), int(time.time())
-        sent = []
         with self.server.metrics.request(prompt_tokens, finish, stream) as record:
+            sent = record.sent
             if stream:
                 self._start_sse()
                 if kind == "chat":
                     self._sse(openai.stream_chunk(engine, kind, rid, model, created, role=True))
             for token in self._tokens(tokens):
-                record.token()
-                sent.append(token)
+                record.token(token)
                 if stream:
                     self._sse(openai.stream_chunk(engine, kind, rid, model, created, text=token))
             record.done()
@@ -231,22 +230,21 @@ class Handler(BaseHTTPRequestHandler):
         prompt, prompt_tokens = openai.prompt_of("completion", body, "sglang")
         max_new = (body.get("sampling_params") or {}).get("max_new_tokens", 128)
         tokens, finish = openai.answer_tokens(prompt, max_new)
-        rid, stream, t0 = openai.new_id("sglang", "generate"), bool(body.get("stream")), time.monotonic()
-        sent = []
+        rid, stream = openai.new_id("sglang", "generate"), bool(body.get("stream"))
 
         def result():
+            sent = record.sent
             reason = {"type": "length", "length": len(sent)} if finish == "length" else {"type": "stop", "matched": 2}
             done = len(sent) == len(tokens)
             return {"text": "".join(sent), "output_ids": list(range(len(sent))),
                     "meta_info": {"id": rid, "finish_reason": reason if done else None,
                                   "prompt_tokens": prompt_tokens, "completion_tokens": len(sent),
-                                  "cached_tokens": 0, "e2e_latency": time.monotonic() - t0}}
+                                  "cached_tokens": 0, "e2e_latency": time.monotonic() - record.t0}}
         with self.server.metrics.request(prompt_tokens, finish, stream) as record:
             if stream:
                 self._start_sse()
             for token in self._tokens(tokens):
-                record.token()
-                sent.append(token)
+                record.token(token)
                 if stream:
                     self._sse(result())
             record.done()
